@@ -1,0 +1,1 @@
+"""One module per `cast-video` command; see `cast_video.cli`."""

@@ -1,0 +1,289 @@
+"""CAST: two frozen expert ViTs that trade information in every block through B-CAST.
+
+Reading order: `CASTConfig` (every option, one per ablation of the paper), `CASTBlock.forward`
+(eq. 3-5 of one block), `CAST.forward_features` (embedding and the stacked blocks) and
+`CAST.forward_head` (eq. 6 or the split EK100 heads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .bcast import CrossExchange, LateralExchange
+from .experts import ExpertBlock, ExpertConfig, ViTExpert
+from .layers import Adapter, DropPath, trunc_normal_init, zero_init
+
+EXCHANGES = ("bcast", "xattn", "xattn_adapter", "lateral", "none")
+HEAD_SOURCES = ("spatial", "temporal", "fused")
+FUSIONS = ("adapter_add", "add", "concat")
+
+
+@dataclass
+class HeadConfig:
+    """One classification task. `source` picks the feature: the spatial expert's mean class token,
+    the temporal expert's pooled tokens, or their fusion (eq. 6)."""
+
+    name: str
+    num_classes: int
+    source: str = "fused"
+
+    def __post_init__(self):
+        if self.source not in HEAD_SOURCES:
+            raise ValueError(f"head {self.name!r}: source must be one of {HEAD_SOURCES}, got {self.source!r}")
+        if self.num_classes < 1:
+            raise ValueError(f"head {self.name!r}: num_classes must be positive, got {self.num_classes}")
+
+
+@dataclass
+class CASTConfig:
+    """The whole model. Defaults are the paper's CAST-B/16; each ablation of Table 1 and Table 8 is a
+    value of one field (see `ABLATIONS`)."""
+
+    spatial: ExpertConfig = field(default_factory=lambda: ExpertConfig(arch="clip"))
+    temporal: ExpertConfig = field(default_factory=lambda: ExpertConfig(arch="videomae"))
+    heads: list[HeadConfig] = field(default_factory=lambda: [HeadConfig("action", 400, "fused")])
+    num_frames: int = 16  # 2T input frames
+    img_size: int = 224
+    # Exchange between the experts in each block (Table 1(b), 1(c)).
+    exchange: str = "bcast"
+    bcast_ratio: float = 0.5  # bottleneck width / narrower expert width (Table 1(d))
+    bcast_dim: int | None = None  # explicit bottleneck width; overrides bcast_ratio
+    bcast_heads: int | None = None  # cross-attention heads; default: the spatial expert's
+    bcast_layers: list[int] | None = None  # blocks that exchange (Table 1(f)); None = all
+    t2s: bool = True  # Table 1(g)
+    s2t: bool = True
+    t2s_window: str = "time"  # Table 1(e)
+    s2t_window: str = "space"
+    bcast_pos_embed: bool = True  # Table 8
+    # Adaptation of the experts (Table 1(a)).
+    adapters: bool = True
+    adapter_ratio: float = 0.25
+    mlp_adapter_scale: float = 0.5
+    freeze_experts: bool = True
+    fusion: str = "adapter_add"  # how "fused" heads combine the two features
+    ensemble: bool = False  # every head on both experts; logits stacked (2, B, C), probabilities averaged
+    drop_path: float = 0.0
+    head_dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.exchange not in EXCHANGES:
+            raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.spatial.depth != self.temporal.depth:
+            raise ValueError(f"the experts must have the same depth, got {self.spatial.depth} and {self.temporal.depth}")
+        if self.spatial.patch_size != self.temporal.patch_size:
+            raise ValueError("the experts must share a patch size so their tokens align")
+        if not self.heads:
+            raise ValueError("at least one head is needed")
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ValueError(f"head names must be unique, got {names}")
+        for i in self.bcast_layers or []:
+            if not 0 <= i < self.spatial.depth:
+                raise ValueError(f"bcast_layers: block {i} does not exist (depth {self.spatial.depth})")
+        if self.fusion == "add" and self.spatial.width != self.temporal.width and any(
+            h.source == "fused" for h in self.heads
+        ):
+            raise ValueError("fusion 'add' needs equal expert widths; use 'adapter_add' or 'concat'")
+
+    @property
+    def depth(self) -> int:
+        return self.spatial.depth
+
+    @property
+    def bottleneck_dim(self) -> int:
+        return self.bcast_dim or max(1, int(self.bcast_ratio * min(self.spatial.width, self.temporal.width)))
+
+    def exchanges_at(self, layer: int) -> bool:
+        return self.exchange != "none" and (self.bcast_layers is None or layer in self.bcast_layers)
+
+
+class CASTBlock(nn.Module):
+    """The trainable part of one block: four adapters and the exchange. The frozen expert blocks are
+    passed in, so their weights keep the experts' own names (`spatial.blocks.i`, `temporal.blocks.i`)."""
+
+    def __init__(self, cfg: CASTConfig, layer: int, drop_path: float, num_steps: int, num_patches: int):
+        super().__init__()
+        ds, dt = cfg.spatial.width, cfg.temporal.width
+        make = (lambda d: Adapter(d, cfg.adapter_ratio)) if cfg.adapters else (lambda d: None)
+        self.s_attn_adapter, self.t_attn_adapter = make(ds), make(dt)
+        self.s_mlp_adapter, self.t_mlp_adapter = make(ds), make(dt)
+        self.mlp_adapter_scale = cfg.mlp_adapter_scale
+        prefixes = dict(prefix_s=int(cfg.spatial.has_class_token), prefix_t=int(cfg.temporal.has_class_token))
+        if not cfg.exchanges_at(layer):
+            self.exchange = None
+        elif cfg.exchange == "lateral":
+            self.exchange = LateralExchange(dim_s=ds, dim_t=dt, **prefixes)
+        else:
+            self.exchange = CrossExchange(
+                dim_s=ds, dim_t=dt, **prefixes, num_steps=num_steps, num_patches=num_patches,
+                dim=cfg.bottleneck_dim, heads=cfg.bcast_heads or cfg.spatial.heads, t2s=cfg.t2s, s2t=cfg.s2t,
+                t2s_window=cfg.t2s_window, s2t_window=cfg.s2t_window, pos_embed=cfg.bcast_pos_embed,
+                bottleneck=cfg.exchange == "bcast", post_adapter=cfg.exchange == "xattn_adapter",
+            )
+        self.drop_path = DropPath(drop_path)
+
+    def init_weights(self) -> None:
+        self.apply(trunc_normal_init)
+        for adapter in (self.s_attn_adapter, self.t_attn_adapter, self.s_mlp_adapter, self.t_mlp_adapter):
+            if adapter is not None:
+                zero_init(adapter.fc2)
+        if self.exchange is not None:
+            self.exchange.init_weights()
+
+    def forward(self, xs: torch.Tensor, xt: torch.Tensor, spatial: ExpertBlock, temporal: ExpertBlock):
+        """xs: spatial tokens (B, T, Ls, Ds), xt: temporal tokens (B, T, Lt, Dt); shapes are kept."""
+        # eq. 3: Y = X + MHSA(LN(X)) + ADAP(MHSA(LN(X))); spatial attention within a frame,
+        # temporal attention over space-time.
+        a_s = spatial.attention(xs, joint_time=False)
+        a_t = temporal.attention(xt, joint_time=True)
+        xs = xs + a_s + (self.s_attn_adapter(a_s) if self.s_attn_adapter is not None else 0)
+        xt = xt + a_t + (self.t_attn_adapter(a_t) if self.t_attn_adapter is not None else 0)
+        # eq. 4: B = Y + Phi(Y_s, Y_t)
+        if self.exchange is not None:
+            delta_s, delta_t = self.exchange(xs, xt)
+            if delta_s is not None:
+                xs = xs + self.drop_path(delta_s)
+            if delta_t is not None:
+                xt = xt + self.drop_path(delta_t)
+        # eq. 5: X' = B + FFN(LN(B)) + s * ADAP(LN(B)), s = 0.5 as in the official model
+        xs = self._ffn(xs, spatial, self.s_mlp_adapter)
+        xt = self._ffn(xt, temporal, self.t_mlp_adapter)
+        return xs, xt
+
+    def _ffn(self, x: torch.Tensor, block: ExpertBlock, adapter: Adapter | None) -> torch.Tensor:
+        h = block.norm2(x)
+        x = x + block.mlp(h)
+        if adapter is not None:
+            x = x + self.drop_path(self.mlp_adapter_scale * adapter(h))
+        return x
+
+
+class CAST(nn.Module):
+    """CAST on a normalised clip (B, 3, 2T, H, W).
+
+    Returns the logits (B, C) of a single head, or a dict {head name: logits} for several (EK100's
+    verb and noun). With `ensemble=True` each head's logits are stacked over the experts, (2, B, C).
+    """
+
+    def __init__(self, config: CASTConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.spatial = ViTExpert(cfg.spatial, cfg.num_frames, cfg.img_size)
+        self.temporal = ViTExpert(cfg.temporal, cfg.num_frames, cfg.img_size)
+        steps, patches = self.spatial.num_steps, self.spatial.num_patches
+        rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear decay rule
+        self.blocks = nn.ModuleList(CASTBlock(cfg, i, rates[i], steps, patches) for i in range(cfg.depth))
+
+        ds, dt = cfg.spatial.width, cfg.temporal.width
+        fused = [h for h in cfg.heads if h.source == "fused"] and not cfg.ensemble
+        if fused and cfg.fusion == "adapter_add":
+            self.fuse_s, self.fuse_t = Adapter(ds, cfg.adapter_ratio), Adapter(dt, cfg.adapter_ratio, ds)
+        else:
+            self.fuse_s = self.fuse_t = None
+        fused_dim = ds + dt if cfg.fusion == "concat" else ds
+        in_dim = {"spatial": ds, "temporal": dt, "fused": fused_dim}
+        self.head_dropout = nn.Dropout(cfg.head_dropout)
+        if cfg.ensemble:
+            self.heads = nn.ModuleDict({h.name: nn.Linear(ds, h.num_classes) for h in cfg.heads})
+            self.heads_t = nn.ModuleDict({h.name: nn.Linear(dt, h.num_classes) for h in cfg.heads})
+        else:
+            self.heads = nn.ModuleDict({h.name: nn.Linear(in_dim[h.source], h.num_classes) for h in cfg.heads})
+            self.heads_t = None
+        self.init_weights()
+        self.freeze()
+
+    # --- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> CAST:
+        """A preset (`cast_b16_ek100`, ...) with keyword or dotted overrides: `from_preset(
+        "cast_tiny", exchange="none")`, `from_preset("cast_tiny", **{"spatial.depth": 2})`."""
+        from .presets import preset_config
+
+        return cls(preset_config(name, overrides))
+
+    def init_weights(self) -> None:
+        """Fresh init of everything CAST adds; expert weights are loaded afterwards."""
+        for block in self.blocks:
+            block.init_weights()
+        for module in (self.fuse_s, self.fuse_t, self.heads, self.heads_t):
+            if module is not None:
+                module.apply(trunc_normal_init)
+        for adapter in (self.fuse_s, self.fuse_t):
+            if adapter is not None:
+                zero_init(adapter.fc2)
+
+    def freeze(self) -> None:
+        """Freeze the experts except their final norms (what the paper trains with them)."""
+        for expert in (self.spatial, self.temporal):
+            for name, p in expert.named_parameters():
+                p.requires_grad = not self.config.freeze_experts or name.startswith("norm.")
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def layer_id(self, name: str) -> int:
+        """Depth of a parameter for layer-wise learning-rate decay: 0 for the embeddings, i+1 for block
+        i (both experts and both exchange directions of a block share it), depth+1 for norms and heads."""
+        parts = name.split(".")
+        if parts[0] == "blocks":
+            return int(parts[1]) + 1
+        if parts[0] in ("spatial", "temporal"):
+            if parts[1] == "blocks":
+                return int(parts[2]) + 1
+            if parts[1] == "norm":
+                return self.config.depth + 1
+            return 0
+        return self.config.depth + 1
+
+    def no_weight_decay(self, name: str, param: torch.Tensor) -> bool:
+        """Biases, norms and position embeddings are not decayed."""
+        return param.ndim <= 1 or "pos" in name.split(".")[-1] or name.endswith("class_embedding")
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward_features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, 2T, H, W) -> spatial tokens (B, T, 1+N, Ds) and temporal tokens (B, T, N, Dt)."""
+        self._check_input(video)
+        xs = self.spatial.embed(video)
+        xt = self.temporal.embed(video)
+        for block, sb, tb in zip(self.blocks, self.spatial.blocks, self.temporal.blocks, strict=True):
+            xs, xt = block(xs, xt, sb, tb)
+        return xs, xt
+
+    def forward_head(self, tokens: tuple[torch.Tensor, torch.Tensor]):
+        fs = self.head_dropout(self.spatial.pool(tokens[0]))  # (B, Ds): CLS(X_s)
+        ft = self.head_dropout(self.temporal.pool(tokens[1]))  # (B, Dt): GAP(X_t)
+        if self.heads_t is not None:
+            out = {n: torch.stack([self.heads[n](fs), self.heads_t[n](ft)]) for n in self.heads}  # (2, B, C)
+        else:
+            feats = {"spatial": fs, "temporal": ft}
+            if any(h.source == "fused" for h in self.config.heads):
+                feats["fused"] = self._fuse(fs, ft)
+            out = {h.name: self.heads[h.name](feats[h.source]) for h in self.config.heads}
+        return next(iter(out.values())) if len(out) == 1 else out
+
+    def _fuse(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+        if self.config.fusion == "adapter_add":  # eq. 6: Z = ADAP(CLS) + ADAP(GAP)
+            return self.fuse_s(fs) + self.fuse_t(ft)
+        if self.config.fusion == "add":
+            return fs + ft
+        return torch.cat([fs, ft], dim=-1)  # (B, Ds+Dt)
+
+    def forward(self, video: torch.Tensor):
+        return self.forward_head(self.forward_features(video))
+
+    def _check_input(self, video: torch.Tensor) -> None:
+        cfg = self.config
+        expected = (3, cfg.num_frames, cfg.img_size, cfg.img_size)
+        if video.ndim != 5 or tuple(video.shape[1:]) != expected:
+            raise ValueError(f"CAST expects a clip of shape (B, {', '.join(map(str, expected))}) "
+                             f"(B, C, 2T, H, W), got {tuple(video.shape)}")
+
+    def extra_repr(self) -> str:
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for _, p in self.trainable_parameters())
+        return f"params={total:,}, trainable={trainable:,}"

@@ -1,0 +1,172 @@
+"""Small transformer parts shared by both experts and by B-CAST.
+
+Every attention in the package (the experts' self-attention and every cross-attention) goes through
+`multi_head_attention`, so one switch (`torch.nn.attention.sdpa_kernel`) selects the kernel everywhere:
+flash / memory-efficient on GPUs, the fused CPU kernel here, or the math path for FLOP counting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Scaled dot-product attention over projected tokens; the one attention of the package.
+
+    q: (B, Lq, H*d), k and v: (B, Lk, H*d) -> (B, Lq, H*d). Scale is d**-0.5, as in CLIP and VideoMAE.
+    """
+    q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=num_heads) for t in (q, k, v))  # (B, H, L, d)
+    out = F.scaled_dot_product_attention(q, k, v)  # (B, H, Lq, d)
+    return rearrange(out, "b h l d -> b l (h d)")  # (B, Lq, H*d)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection.
+
+    `qkv_bias` covers the two expert conventions: CLIP has a bias on q, k and v ("qkv"); VideoMAE and
+    BEiT keep q and v biases but no k bias ("qv"), since a k bias cancels in the softmax.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: str = "qkv"):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+        if qkv_bias not in ("qkv", "qv", "none"):
+            raise ValueError(f"qkv_bias must be 'qkv', 'qv' or 'none', got {qkv_bias!r}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias != "none" else None
+        self.k_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias == "qkv" else None
+        self.v_bias = nn.Parameter(torch.zeros(dim)) if qkv_bias != "none" else None
+        self.proj = nn.Linear(dim, dim)
+
+    def qkv_bias_vector(self) -> torch.Tensor | None:
+        if self.q_bias is None:
+            return None
+        k_bias = self.k_bias if self.k_bias is not None else torch.zeros_like(self.q_bias)
+        return torch.cat([self.q_bias, k_bias, self.v_bias])  # (3*D,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = F.linear(x, self.qkv.weight, self.qkv_bias_vector())  # (B, L, 3*D)
+        q, k, v = qkv.chunk(3, dim=-1)  # 3 x (B, L, D)
+        return self.proj(multi_head_attention(q, k, v, self.num_heads))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention (eq. 7): queries from one expert, keys and values from the other."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"cross-attention width {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> torch.Tensor:
+        k, v = self.kv(x_kv).chunk(2, dim=-1)  # 2 x (B, Lk, D)
+        return self.proj(multi_head_attention(self.q(x_q), k, v, self.num_heads))  # (B, Lq, D)
+
+
+class QuickGELU(nn.Module):
+    """CLIP's sigmoid approximation of GELU; its weights were trained with it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu"):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = QuickGELU() if act == "quick_gelu" else nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Adapter(nn.Module):
+    """Bottleneck adapter (eq. 2): GELU(x W_D) W_U.
+
+    The up-projection starts at zero, so a freshly built adapter adds nothing and CAST starts from
+    the frozen experts. `out_dim` lets the head adapters map experts of different widths to one width.
+    """
+
+    def __init__(self, dim: int, ratio: float = 0.25, out_dim: int | None = None):
+        super().__init__()
+        hidden = max(1, int(dim * ratio))
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, out_dim or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a residual branch per sample, rescaling the kept ones."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
+    """The fixed sine-cosine table of "Attention is all you need", as VideoMAE uses it: (P, D).
+
+    Channel 2i holds sin(p / 10000^(2i/D)) and channel 2i+1 the matching cosine (interleaved).
+    """
+    position = torch.arange(num_positions, dtype=torch.float64)[:, None]  # (P, 1)
+    exponent = (torch.arange(dim) // 2 * 2).to(torch.float64) / dim  # (D,)
+    angle = position / torch.pow(10000.0, exponent)  # (P, D)
+    table = torch.empty(num_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angle[:, 0::2])
+    table[:, 1::2] = torch.cos(angle[:, 1::2])
+    return table.float()
+
+
+def trunc_normal_init(module: nn.Module, std: float = 0.02) -> None:
+    """ViT initialisation for fresh layers: truncated-normal linear weights, zero biases, unit norms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def zero_init(linear: nn.Linear) -> None:
+    nn.init.zeros_(linear.weight)
+    if linear.bias is not None:
+        nn.init.zeros_(linear.bias)
+
+
+def interpolate_grid(pos: torch.Tensor, new_grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a (h*w, D) grid of position embeddings to (H*W, D)."""
+    n, dim = pos.shape
+    side = int(math.isqrt(n))
+    if side * side != n:
+        raise ValueError(f"position grid of {n} tokens is not square")
+    if (side, side) == tuple(new_grid):
+        return pos
+    grid = rearrange(pos, "(h w) d -> 1 d h w", h=side).float()  # (1, D, h, w)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)  # (1, D, H, W)
+    return rearrange(grid, "1 d h w -> (h w) d").to(pos.dtype)  # (H*W, D)
