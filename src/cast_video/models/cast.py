@@ -255,15 +255,16 @@ class CAST(nn.Module):
         return xs, xt
 
     def forward_head(self, tokens: tuple[torch.Tensor, torch.Tensor]):
-        fs = self.head_dropout(self.spatial.pool(tokens[0]))  # (B, Ds): CLS(X_s)
-        ft = self.head_dropout(self.temporal.pool(tokens[1]))  # (B, Dt): GAP(X_t)
+        fs = self.spatial.pool(tokens[0])  # (B, Ds): CLS(X_s)
+        ft = self.temporal.pool(tokens[1])  # (B, Dt): GAP(X_t)
+        drop = self.head_dropout
         if self.heads_t is not None:
-            out = {n: torch.stack([self.heads[n](fs), self.heads_t[n](ft)]) for n in self.heads}  # (2, B, C)
+            out = {n: torch.stack([self.heads[n](drop(fs)), self.heads_t[n](drop(ft))]) for n in self.heads}
         else:
             feats = {"spatial": fs, "temporal": ft}
             if any(h.source == "fused" for h in self.config.heads):
                 feats["fused"] = self._fuse(fs, ft)
-            out = {h.name: self.heads[h.name](feats[h.source]) for h in self.config.heads}
+            out = {h.name: self.heads[h.name](drop(feats[h.source])) for h in self.config.heads}
         return next(iter(out.values())) if len(out) == 1 else out
 
     def _fuse(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
