@@ -153,4 +153,8 @@ class ViTExpert(nn.Module):
         return states
 
     def forward(self, video: torch.Tensor, joint_time: bool) -> torch.Tensor:
-        return self.pool(self.forward_tokens(video, joint_time)[-1])
+        """The expert alone: (B, 3, 2T, H, W) -> pooled feature (B, D)."""
+        x = self.embed(video)
+        for block in self.blocks:
+            x = block(x, joint_time)
+        return self.pool(x)
