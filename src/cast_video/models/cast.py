@@ -74,7 +74,9 @@ class CASTConfig:
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.spatial.depth != self.temporal.depth:
-            raise ValueError(f"the experts must have the same depth, got {self.spatial.depth} and {self.temporal.depth}")
+            raise ValueError(
+                f"the experts must have the same depth, got {self.spatial.depth} and {self.temporal.depth}"
+            )
         if self.spatial.patch_size != self.temporal.patch_size:
             raise ValueError("the experts must share a patch size so their tokens align")
         if not self.heads:
