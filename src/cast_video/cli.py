@@ -13,7 +13,7 @@ import sys
 
 from .config_utils import ConfigError
 
-COMMANDS = ["info"]
+COMMANDS = ["info", "pretrain", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:
