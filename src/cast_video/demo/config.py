@@ -12,10 +12,10 @@ from .synth import SynthConfig
 class SpatialPretrainConfig:
     """The spatial expert learns digits from still images (no motion), as CLIP learned from images."""
 
-    stills: int = 6000
+    stills: int = 8000
     epochs: int = 8
     batch_size: int = 64
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
 
 

@@ -15,6 +15,7 @@ other's time reverse frame for frame.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,14 +45,14 @@ class SynthConfig:
     num_frames: int = 8
     img_size: int = 32
     fps: int = 8
-    digit_size: float = 14.0  # side of the 8x8 digit when drawn at scale 1
+    digit_size: float = 16.0  # side of the 8x8 digit when drawn at scale 1
     move_distance: tuple[float, float] = (9.0, 13.0)  # pixels travelled by move verbs over the clip
-    zoom_range: tuple[float, float] = (0.6, 1.3)  # digit scale at the start and end of zoom_in
-    rotate_degrees: tuple[float, float] = (100.0, 140.0)  # total turn of rotate verbs
+    zoom_range: tuple[float, float] = (0.7, 1.25)  # digit scale at the start and end of zoom_in
+    rotate_degrees: tuple[float, float] = (70.0, 90.0)  # total turn of rotate verbs
     jitter: float = 1.5  # random drift (pixels over the clip) of every verb, and the off-axis drift of moves
     distractors: int = 1
-    background: float = 0.35  # amplitude of the low-frequency background texture
-    noise: float = 0.04  # per-pixel Gaussian noise, in [0, 1] units
+    background: float = 0.25  # amplitude of the low-frequency background texture
+    noise: float = 0.03  # per-pixel Gaussian noise, in [0, 1] units
 
 
 def load_digit_images() -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +130,7 @@ def render_clip(digit: np.ndarray, verb: str, rng: np.random.Generator, cfg: Syn
         start = rng.uniform(6, s - 6, size=2)
         velocity = rng.uniform(-1.5, 1.5, size=2)
         centres = start[None] + velocity[None] * np.arange(n)[:, None]
-        cover = _affine_sprite(blob, centres, np.full(n, rng.uniform(5, 8)), np.zeros(n), s)  # (F, S, S)
+        cover = _affine_sprite(blob, centres, np.full(n, rng.uniform(4, 6)), np.zeros(n), s)  # (F, S, S)
         colour = rng.uniform(0.3, 1.0, size=3)
         frames = frames * (1 - cover[..., None]) + colour * cover[..., None]
     centres, scales, angles = _trajectory(verb, cfg, rng)
@@ -148,7 +149,8 @@ def render_still(digit: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) 
 
     The spatial expert learns digits from such stills only; it never sees motion.
     """
-    clip = render_clip(digit, VERBS[rng.integers(len(VERBS))], rng, cfg)
+    short = dataclasses.replace(cfg, num_frames=4)  # four poses along the motion are enough for a still
+    clip = render_clip(digit, VERBS[rng.integers(len(VERBS))], rng, short)
     return clip[rng.integers(len(clip))]
 
 

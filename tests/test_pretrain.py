@@ -1,0 +1,119 @@
+"""VideoMAE pre-training: exact tube masking, the normalised-pixel target, learning, resuming, loading into CAST."""
+
+import numpy as np
+import pytest
+import torch
+
+from cast_video.cli import main
+from cast_video.config_utils import ConfigError, load_yaml
+from cast_video.models import CAST, preset_config
+from cast_video.models.experts import ExpertConfig
+from cast_video.pretrain import MaskedVideoAutoencoder, PretrainConfig, load_expert_state, pretrain, tube_mask
+
+
+def tiny_cfg(tmp_path, **kw) -> PretrainConfig:
+    base = dict(expert=ExpertConfig(arch="videomae", width=32, depth=2, heads=4, patch_size=8), num_frames=8,
+                img_size=32, decoder_width=32, decoder_depth=1, decoder_heads=4, epochs=2, warmup_epochs=0,
+                batch_size=8, lr=0.05, num_workers=0, output_dir=str(tmp_path / "run"))
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+@pytest.mark.parametrize("n, ratio, masked", [(16, 0.9, 14), (196, 0.9, 176), (100, 0.29, 29), (64, 0.75, 48)])
+def test_tube_mask_masks_exactly_floor_ratio_per_clip(n, ratio, masked):
+    mask = tube_mask(64, n, ratio, torch.Generator().manual_seed(0))
+    assert mask.shape == (64, n) and mask.dtype == torch.bool
+    assert (mask.sum(1) == masked).all()
+    assert len({tuple(row.tolist()) for row in mask}) > 1  # a fresh mask per clip
+
+
+def test_encoder_sees_only_visible_tubes_in_every_frame():
+    """Changing the pixels of a masked patch in all frames leaves the encoder unchanged; a visible one does not."""
+    cfg = PretrainConfig(expert=ExpertConfig(arch="videomae", width=32, depth=2, heads=4, patch_size=8),
+                         num_frames=8, img_size=32, decoder_width=32, decoder_depth=1, decoder_heads=4)
+    model = MaskedVideoAutoencoder(cfg).eval()
+    captured = []
+    model.encoder.blocks[-1].register_forward_hook(lambda m, i, o: captured.append(o))
+    mask = tube_mask(1, 16, 0.75, torch.Generator().manual_seed(1))
+    video = torch.randn(1, 3, 8, 32, 32)
+    masked_idx = int(mask[0].nonzero()[0])
+    visible_idx = int((~mask[0]).nonzero()[0])
+
+    def poke(idx):
+        v = video.clone()
+        r, c = divmod(idx, 4)
+        v[..., r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] += 5.0  # the patch in every frame
+        return v
+
+    with torch.no_grad():
+        for v in (video, poke(masked_idx), poke(visible_idx)):
+            model(v, mask)
+    assert torch.equal(captured[0], captured[1])
+    assert not torch.allclose(captured[0], captured[2])
+
+
+def test_zero_prediction_costs_the_normalised_target_energy():
+    """With per-patch normalisation (unbiased variance over n pixels per channel) each target token has
+    mean square (n-1)/n, so a model predicting zeros has exactly that loss."""
+    cfg = PretrainConfig(expert=ExpertConfig(arch="videomae", width=32, depth=1, heads=4, patch_size=8),
+                         num_frames=4, img_size=16, decoder_width=32, decoder_depth=1, decoder_heads=4)
+    model = MaskedVideoAutoencoder(cfg)
+    torch.nn.init.zeros_(model.head.weight)
+    torch.nn.init.zeros_(model.head.bias)
+    n = 2 * 8 * 8
+    loss = model(torch.rand(3, 3, 4, 16, 16), tube_mask(3, 4, 0.5))
+    assert loss.item() == pytest.approx((n - 1) / n, rel=1e-4)
+
+
+def _moving_dataset(count: int) -> torch.utils.data.TensorDataset:
+    from cast_video.demo.clips import normalise
+    from cast_video.demo.synth import VERBS, SynthConfig, load_digit_images, render_clip
+
+    images, _ = load_digit_images()
+    rng = np.random.default_rng(0)
+    clips = np.stack([render_clip(images[i], VERBS[i % 8], rng, SynthConfig()) for i in range(count)])
+    return torch.utils.data.TensorDataset(normalise(torch.from_numpy(clips)))
+
+
+def test_loss_decreases_and_a_run_resumes(tmp_path):
+    data = _moving_dataset(32)
+    first = pretrain(tiny_cfg(tmp_path, epochs=2), dataset=data, progress=False)
+    resumed = pretrain(tiny_cfg(tmp_path, epochs=6), dataset=data, progress=False)
+    assert resumed["loss"][:2] == first["loss"]  # the first two epochs were not redone
+    assert len(resumed["loss"]) == 6
+    assert resumed["loss"][-1] < resumed["loss"][0] - 0.02
+
+
+def test_expert_weights_load_into_cast_unchanged(tmp_path):
+    cfg = tiny_cfg(tmp_path, epochs=1)
+    out = pretrain(cfg, dataset=_moving_dataset(8), progress=False)
+    model_cfg = preset_config("cast_tiny", {"spatial.width": 32, "temporal.width": 32, "spatial.depth": 2,
+                                            "temporal.depth": 2})
+    model = CAST(model_cfg)
+    state = load_expert_state(out["expert"])
+    model.temporal.load_state_dict(state)  # strict: every name matches
+    for name, tensor in model.temporal.state_dict().items():
+        assert torch.equal(tensor, state[name])
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("expert: {arch: clip}\n")
+    with pytest.raises(ConfigError, match="videomae"):
+        load_yaml(PretrainConfig, path)
+    path.write_text("mask_ratoi: 0.9\n")
+    with pytest.raises(ConfigError, match="mask_ratio"):
+        load_yaml(PretrainConfig, path)
+
+
+def test_cli_pretrains_on_a_folder_of_videos(tmp_path, capsys):
+    from cast_video.demo.synth import SynthConfig, write_moving_digits
+
+    write_moving_digits(tmp_path / "d", SynthConfig(), {"train": 8, "validation": 1, "test": 1}, seed=0,
+                        progress=False)
+    rc = main(["pretrain", "configs/demo/pretrain.yaml", "--no-progress", "--set",
+               f"data.video_dir={tmp_path / 'd' / 'videos' / 'P01'}", f"output_dir={tmp_path / 'run'}",
+               "epochs=1", "warmup_epochs=0", "batch_size=4", "num_workers=0"])
+    assert rc == 0
+    assert (tmp_path / "run" / "expert.safetensors").exists()
+    assert "temporal expert" in capsys.readouterr().out
