@@ -13,7 +13,7 @@ import sys
 
 from .config_utils import ConfigError
 
-COMMANDS = ["info", "pretrain", "demo"]
+COMMANDS = ["info", "pretrain", "demo", "convert"]
 
 
 def build_parser() -> argparse.ArgumentParser:

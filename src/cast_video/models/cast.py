@@ -175,6 +175,7 @@ class CAST(nn.Module):
     def __init__(self, config: CASTConfig):
         super().__init__()
         self.config = cfg = config
+        self.expert_sources: dict[str, str] = {}  # where load_experts took each expert's weights from
         self.spatial = ViTExpert(cfg.spatial, cfg.num_frames, cfg.img_size)
         self.temporal = ViTExpert(cfg.temporal, cfg.num_frames, cfg.img_size)
         steps, patches = self.spatial.num_steps, self.spatial.num_patches
@@ -207,6 +208,39 @@ class CAST(nn.Module):
         from .presets import preset_config
 
         return cls(preset_config(name, overrides))
+
+    def load_experts(self, spatial=None, temporal=None, format: str | None = None, strict: bool = True,
+                     trusted: bool = False):
+        """Load expert weights from a file, a directory or a hub id; the format is detected unless
+        given (`openai_clip`, `hf_clip`, `videomae`, `hf_videomae`, `cast_video`). Returns a report per
+        expert naming every key that was not loaded."""
+        from ..weights import load_experts
+
+        return load_experts(self, spatial, temporal, format, strict, trusted)
+
+    def save_pretrained(self, directory, full: bool = False):
+        """`config.json` + `model.safetensors`; only the trainable weights unless `full`."""
+        from ..weights import save_pretrained
+
+        return save_pretrained(self, directory, full)
+
+    @classmethod
+    def from_pretrained(cls, source, load_expert_weights: bool = True) -> CAST:
+        from ..weights import from_pretrained
+
+        return from_pretrained(source, load_expert_weights)
+
+    def push_to_hub(self, repo_id: str, full: bool = False, **kwargs) -> str:
+        """Upload `save_pretrained`'s files to the Hugging Face Hub (needs a network and a token)."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True, **kwargs)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, full=full)
+            return api.upload_folder(repo_id=repo_id, folder_path=tmp).commit_url
 
     def init_weights(self) -> None:
         """Fresh init of everything CAST adds; expert weights are loaded afterwards."""

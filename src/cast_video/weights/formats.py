@@ -1,0 +1,247 @@
+"""Key mappings from the checkpoint formats users arrive with to our names.
+
+Each converter takes a flat state dict in its source format and returns (ours, extras): `ours` in
+`ViTExpert` names (or whole-`CAST` names for the official CAST format), `extras` the source keys that
+are known to have no place in the target (CLIP's text tower, VideoMAE's decoder, classifier heads).
+A key the converter does not know lands in `ours` as `?<source key>`, so the loader reports it as
+unexpected under the name the user's file gives it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+EXPERT_FORMATS = ("openai_clip", "hf_clip", "videomae", "hf_videomae", "cast_video")
+
+
+def _split_qkv_bias(bias: torch.Tensor) -> dict[str, torch.Tensor]:
+    q, k, v = bias.chunk(3)
+    return {"attn.q_bias": q, "attn.k_bias": k, "attn.v_bias": v}
+
+
+def detect_format(sd: dict[str, torch.Tensor]) -> str:
+    """The source format of a flat state dict, from its key names."""
+    keys = list(sd)
+    openai_visual = any(k.startswith("visual.transformer.resblocks.") for k in keys)
+    openai_bare = "conv1.weight" in sd and any(k.startswith("transformer.resblocks.") for k in keys)
+    if openai_visual or openai_bare:
+        return "openai_clip"
+    if any(".self_attn.q_proj." in k for k in keys) and any("embeddings.patch_embedding" in k for k in keys):
+        return "hf_clip"
+    if any("attention.attention.query" in k for k in keys):
+        return "hf_videomae"
+    if any(k.startswith("blocks.") and ".clip_attn." in k for k in keys):
+        return "official_cast"
+    if any(k.endswith("patch_embed.proj.weight") for k in keys):
+        return "videomae"
+    if "patch_embed.weight" in sd and any(k.startswith("blocks.0.attn.qkv") for k in keys):
+        return "cast_video"
+    raise ValueError("unrecognised checkpoint format: expected OpenAI CLIP, transformers CLIP, VideoMAE, "
+                     f"transformers VideoMAE, official CAST or cast-video keys; first keys: {keys[:5]}")
+
+
+def from_openai_clip(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """OpenAI CLIP (`visual.*`, TorchScript or open_clip's plain state dict) -> ViTExpert(clip)."""
+    prefix = "visual." if any(k.startswith("visual.") for k in sd) else ""
+    ours, extras = {}, []
+    simple = {"conv1.weight": "patch_embed.weight", "class_embedding": "class_embedding",
+              "positional_embedding": "pos_embed", "ln_pre.weight": "ln_pre.weight", "ln_pre.bias": "ln_pre.bias",
+              "ln_post.weight": "norm.weight", "ln_post.bias": "norm.bias"}
+    block = {"ln_1": "norm1", "ln_2": "norm2", "attn.out_proj": "attn.proj", "mlp.c_fc": "mlp.fc1",
+             "mlp.c_proj": "mlp.fc2"}
+    for key, value in sd.items():
+        if not key.startswith(prefix):
+            extras.append(key)  # the text tower, logit_scale, ...
+            continue
+        name = key[len(prefix):]
+        m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)[._](weight|bias)", name)
+        if name in simple:
+            ours[simple[name]] = value
+        elif m and m.group(2) == "attn.in_proj" and m.group(3) == "weight":
+            ours[f"blocks.{m.group(1)}.attn.qkv.weight"] = value
+        elif m and m.group(2) == "attn.in_proj":
+            ours.update({f"blocks.{m.group(1)}.{k}": v for k, v in _split_qkv_bias(value).items()})
+        elif m and m.group(2) in block and name.endswith("." + m.group(3)):
+            ours[f"blocks.{m.group(1)}.{block[m.group(2)]}.{m.group(3)}"] = value
+        elif name in ("proj",) or not prefix:
+            extras.append(key)  # the image projection into the joint embedding space
+        else:
+            ours[f"?{key}"] = value
+    return ours, extras
+
+
+def from_hf_clip(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """transformers `CLIPVisionModel` / `CLIPModel` (with or without `vision_model.`) -> ViTExpert(clip)."""
+    ours, extras, qkv = {}, [], {}
+    simple = {"embeddings.class_embedding": "class_embedding",
+              "embeddings.patch_embedding.weight": "patch_embed.weight",
+              "embeddings.position_embedding.weight": "pos_embed", "pre_layrnorm.weight": "ln_pre.weight",
+              "pre_layrnorm.bias": "ln_pre.bias", "post_layernorm.weight": "norm.weight",
+              "post_layernorm.bias": "norm.bias"}
+    block = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj", "mlp.fc1": "mlp.fc1",
+             "mlp.fc2": "mlp.fc2"}
+    for key, value in sd.items():
+        name = key.removeprefix("vision_model.")
+        if key.startswith(("text_model.", "text_projection", "visual_projection", "logit_scale")) or name in (
+            "embeddings.position_ids",
+        ):
+            extras.append(key)
+            continue
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", name)
+        if name in simple:
+            ours[simple[name]] = value
+        elif m and m.group(2) in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            qkv[(int(m.group(1)), m.group(2)[-6], m.group(3))] = value
+        elif m and m.group(2) in block:
+            ours[f"blocks.{m.group(1)}.{block[m.group(2)]}.{m.group(3)}"] = value
+        else:
+            ours[f"?{key}"] = value
+    for i in sorted({k[0] for k in qkv}):
+        ours[f"blocks.{i}.attn.qkv.weight"] = torch.cat([qkv[(i, c, "weight")] for c in "qkv"])
+        for c in "qkv":
+            ours[f"blocks.{i}.attn.{c}_bias"] = qkv[(i, c, "bias")]
+    return ours, extras
+
+
+def from_videomae(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """Official VideoMAE checkpoints -> ViTExpert(videomae).
+
+    Pre-trained: `encoder.*` plus a decoder; `encoder.norm` normalises tokens for the decoder and has
+    no place in CAST, whose temporal norm follows the pooling. Fine-tuned: `fc_norm` is exactly that
+    post-pooling norm and is kept; `head` is dropped.
+    """
+    ours, extras = {}, []
+    for key, value in sd.items():
+        name = key.removeprefix("backbone.").removeprefix("encoder.")
+        if key.startswith(("decoder", "encoder_to_decoder", "mask_token", "head")) or name in (
+            "norm.weight", "norm.bias", "pos_embed",
+        ):
+            extras.append(key)
+        elif name.startswith("patch_embed.proj."):
+            ours["patch_embed." + name.removeprefix("patch_embed.proj.")] = value
+        elif name.startswith("fc_norm."):
+            ours["norm." + name.removeprefix("fc_norm.")] = value
+        elif name.startswith("blocks."):
+            ours[name] = value
+        else:
+            ours[f"?{key}"] = value
+    return ours, extras
+
+
+def from_hf_videomae(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """transformers `VideoMAEModel` / `ForPreTraining` / `ForVideoClassification` -> ViTExpert(videomae)."""
+    ours, extras, qkv = {}, [], {}
+    block = {"attention.output.dense": "attn.proj", "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2",
+             "layernorm_before": "norm1", "layernorm_after": "norm2"}
+    for key, value in sd.items():
+        name = key.removeprefix("videomae.")
+        if key.startswith(("decoder.", "encoder_to_decoder", "mask_token", "classifier", "position_embeddings")) or (
+            name.startswith("layernorm.")
+        ):
+            extras.append(key)
+            continue
+        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", name)
+        attn = re.fullmatch(r"attention\.attention\.(query|key|value)\.(weight|bias)", m.group(2)) if m else None
+        bias = re.fullmatch(r"attention\.attention\.(q|v)_bias", m.group(2)) if m else None
+        sub = re.fullmatch(r"(.+)\.(weight|bias)", m.group(2)) if m else None
+        if name.startswith("embeddings.patch_embeddings.projection."):
+            ours["patch_embed." + name.rsplit(".", 1)[1]] = value
+        elif name.startswith("fc_norm."):
+            ours["norm." + name.rsplit(".", 1)[1]] = value
+        elif attn and attn.group(2) == "weight":
+            qkv[(int(m.group(1)), attn.group(1)[0])] = value
+        elif attn:
+            ours[f"blocks.{m.group(1)}.attn.{attn.group(1)[0]}_bias"] = value
+        elif bias:
+            ours[f"blocks.{m.group(1)}.attn.{bias.group(1)}_bias"] = value
+        elif sub and sub.group(1) in block:
+            ours[f"blocks.{m.group(1)}.{block[sub.group(1)]}.{sub.group(2)}"] = value
+        else:
+            ours[f"?{key}"] = value
+    for i in sorted({k[0] for k in qkv}):
+        ours[f"blocks.{i}.attn.qkv.weight"] = torch.cat([qkv[(i, c)] for c in "qkv"])
+    return ours, extras
+
+
+def from_cast_video(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """Our own expert files (`ViTExpert.state_dict()`, e.g. written by `cast-video pretrain`)."""
+    return dict(sd), []
+
+
+EXPERT_CONVERTERS = {"openai_clip": from_openai_clip, "hf_clip": from_hf_clip, "videomae": from_videomae,
+                     "hf_videomae": from_hf_videomae, "cast_video": from_cast_video}
+
+
+def from_official_cast(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """The official CAST repository's fine-tuned checkpoints -> whole-CAST names."""
+    ours, extras = {}, []
+    top = {"clip_conv1.weight": "spatial.patch_embed.weight", "clip_class_embedding": "spatial.class_embedding",
+           "clip_positional_embedding": "spatial.pos_embed", "clip_ln_pre.weight": "spatial.ln_pre.weight",
+           "clip_ln_pre.bias": "spatial.ln_pre.bias", "clip_ln_post.weight": "spatial.norm.weight",
+           "clip_ln_post.bias": "spatial.norm.bias", "vmae_fc_norm.weight": "temporal.norm.weight",
+           "vmae_fc_norm.bias": "temporal.norm.bias", "patch_embed.proj.weight": "temporal.patch_embed.weight",
+           "patch_embed.proj.bias": "temporal.patch_embed.bias"}
+    block = {
+        # spatial expert (CLIP, frozen)
+        "clip_ln_1": "spatial.blocks.{i}.norm1", "clip_attn.out_proj": "spatial.blocks.{i}.attn.proj",
+        "clip_ln_2": "spatial.blocks.{i}.norm2", "clip_mlp.c_fc": "spatial.blocks.{i}.mlp.fc1",
+        "clip_mlp.c_proj": "spatial.blocks.{i}.mlp.fc2",
+        # temporal expert (VideoMAE, frozen)
+        "norm1": "temporal.blocks.{i}.norm1", "attn.proj": "temporal.blocks.{i}.attn.proj",
+        "norm2": "temporal.blocks.{i}.norm2", "mlp.fc1": "temporal.blocks.{i}.mlp.fc1",
+        "mlp.fc2": "temporal.blocks.{i}.mlp.fc2",
+        # adapters
+        "S_Adapter.D_fc1": "blocks.{i}.s_attn_adapter.fc1", "S_Adapter.D_fc2": "blocks.{i}.s_attn_adapter.fc2",
+        "T_Adapter.D_fc1": "blocks.{i}.t_attn_adapter.fc1", "T_Adapter.D_fc2": "blocks.{i}.t_attn_adapter.fc2",
+        "S_MLP_Adapter.D_fc1": "blocks.{i}.s_mlp_adapter.fc1", "S_MLP_Adapter.D_fc2": "blocks.{i}.s_mlp_adapter.fc2",
+        "T_MLP_Adapter.D_fc1": "blocks.{i}.t_mlp_adapter.fc1", "T_MLP_Adapter.D_fc2": "blocks.{i}.t_mlp_adapter.fc2",
+        # B-CAST
+        "cross_s_down": "blocks.{i}.exchange.down_s", "cross_t_down": "blocks.{i}.exchange.down_t",
+        "ln_s_cross": "blocks.{i}.exchange.norm_s", "ln_t_cross": "blocks.{i}.exchange.norm_t",
+        "cross_s_up": "blocks.{i}.exchange.up_s", "cross_t_up": "blocks.{i}.exchange.up_t",
+        "t2s_cross.t2s_q": "blocks.{i}.exchange.t2s.attn.q", "t2s_cross.t2s_kv": "blocks.{i}.exchange.t2s.attn.kv",
+        "t2s_cross.t2s_proj": "blocks.{i}.exchange.t2s.attn.proj",
+        "s2t_cross.s2t_q": "blocks.{i}.exchange.s2t.attn.q", "s2t_cross.s2t_kv": "blocks.{i}.exchange.s2t.attn.kv",
+        "s2t_cross.t2s_proj": "blocks.{i}.exchange.s2t.attn.proj",
+    }
+    params = {
+        "attn.qkv.weight": "temporal.blocks.{i}.attn.qkv.weight", "attn.q_bias": "temporal.blocks.{i}.attn.q_bias",
+        "attn.v_bias": "temporal.blocks.{i}.attn.v_bias",
+        "clip_attn.in_proj_weight": "spatial.blocks.{i}.attn.qkv.weight",
+        "t2s_cross.t2s_q_bias": "blocks.{i}.exchange.t2s.attn.q.bias",
+        "t2s_cross.t2s_kv_bias": "blocks.{i}.exchange.t2s.attn.kv.bias",
+        "s2t_cross.s2t_q_bias": "blocks.{i}.exchange.s2t.attn.q.bias",
+        "s2t_cross.s2t_kv_bias": "blocks.{i}.exchange.s2t.attn.kv.bias",
+    }
+    for key, value in sd.items():
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
+        if key in top:
+            ours[top[key]] = value
+        elif key.startswith(("head", "noun_last_Adapter", "verb_last_Adapter")):
+            ours[key] = value  # heads are named by the caller, who knows the head config
+        elif key == "pos_embed":
+            extras.append(key)  # the fixed sinusoid table; we regenerate it
+        elif m is None:
+            ours[f"?{key}"] = value
+        else:
+            i, rest = m.group(1), m.group(2)
+            mod, _, leaf = rest.rpartition(".")
+            if rest in params:
+                ours[params[rest].format(i=i)] = value
+            elif rest == "clip_attn.in_proj_bias":
+                ours.update({f"spatial.blocks.{i}.{k}": v for k, v in _split_qkv_bias(value).items()})
+            elif rest == "t2s_cross.clip_time_pos":
+                ours[f"blocks.{i}.exchange.t2s.pos_q_time"] = value[:, None]  # (T, d) -> (T, 1, d)
+            elif rest == "t2s_cross.vmae_time_pos":
+                ours[f"blocks.{i}.exchange.t2s.pos_kv_time"] = value[:, None]
+            elif rest == "s2t_cross.vmae_space_pos":  # S2T queries are the temporal tokens
+                ours[f"blocks.{i}.exchange.s2t.pos_q_space"] = value
+            elif rest == "s2t_cross.clip_space_pos":
+                ours[f"blocks.{i}.exchange.s2t.pos_kv_space"] = value
+            elif mod in block and leaf in ("weight", "bias"):
+                ours[f"{block[mod].format(i=i)}.{leaf}"] = value
+            else:
+                ours[f"?{key}"] = value
+    return ours, extras
