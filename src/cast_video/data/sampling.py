@@ -1,0 +1,38 @@
+"""Which frames make a clip: segment sampling (TSN; SSV2 and EK100) and dense sampling (K400).
+
+Indices are relative to the action's first frame. Both return `(indices, padded)`, where `padded`
+counts positions that repeat the last frame because the action is shorter than the clip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def segment_indices(length: int, num_frames: int, train: bool, rng: np.random.Generator | None = None,
+                    view: int = 0, num_views: int = 1) -> tuple[list[int], int]:
+    """Split the action into `num_frames` equal segments and take one frame from each: a random one
+    in training; at test, view v of N takes the frame at fraction v/N of every segment (N=2: the
+    segment starts, then the centres)."""
+    seg = length / num_frames
+    if train:
+        offsets = rng.random(num_frames)
+    else:
+        offsets = np.full(num_frames, view / num_views)
+    idx = np.floor(seg * (np.arange(num_frames) + offsets)).astype(int)
+    clipped = np.minimum(idx, length - 1)
+    return clipped.tolist(), int((idx > length - 1).sum())
+
+
+def dense_indices(length: int, num_frames: int, stride: int, train: bool, rng: np.random.Generator | None = None,
+                  view: int = 0, num_views: int = 1) -> tuple[list[int], int]:
+    """`num_frames` frames `stride` apart: a random window in training, N windows evenly spaced over
+    the video at test. A video shorter than the window repeats its last frame."""
+    span = (num_frames - 1) * stride + 1
+    room = max(length - span, 0)
+    if train:
+        start = int(rng.integers(0, room + 1))
+    else:
+        start = round(view * room / max(num_views - 1, 1)) if num_views > 1 else room // 2
+    idx = start + stride * np.arange(num_frames)
+    return np.minimum(idx, length - 1).tolist(), int((idx > length - 1).sum())
