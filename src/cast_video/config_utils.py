@@ -135,7 +135,16 @@ def apply_overrides(obj: T, overrides: list[str] | dict[str, Any]) -> T:
     return from_dict(type(obj), data)
 
 
-def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    """A YAML mapping; a `_base_: other.yaml` key (relative to this file) is read first and updated
+    with this file's keys, so an ablation config states only what it changes."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -143,6 +152,13 @@ def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    base = data.pop("_base_", None)
+    return _merge(read_yaml(path.parent / base), data) if base else data
+
+
+def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    path = Path(path)
+    data = read_yaml(path)
     try:
         cfg = from_dict(cls, data)
     except ConfigError as err:

@@ -1,0 +1,7 @@
+"""Training, evaluation and prediction in plain PyTorch (DDP, autocast, torch.compile)."""
+
+from .config import ModelSpec, OptimConfig, TrainConfig, WeightsSpec
+from .loop import NonFiniteLoss, build_model, evaluate, train
+
+__all__ = ["ModelSpec", "NonFiniteLoss", "OptimConfig", "TrainConfig", "WeightsSpec", "build_model", "evaluate",
+           "train"]

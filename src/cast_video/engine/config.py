@@ -1,0 +1,66 @@
+"""`TrainConfig`: everything a run needs, as one typed dataclass loaded from YAML with overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..data.config import DataConfig
+
+
+@dataclass
+class ModelSpec:
+    preset: str = "cast_tiny"
+    ablation: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted CASTConfig keys, e.g. {"bcast_ratio": 0.25}
+
+
+@dataclass
+class WeightsSpec:
+    """Where the experts start from (file, directory or hub id); empty keeps them random (tests)."""
+
+    spatial: str = ""
+    temporal: str = ""
+    trusted: bool = False
+
+
+@dataclass
+class OptimConfig:
+    """Table 4 of the paper: AdamW, base lr 1e-3 scaled by total batch / 256, cosine with warm-up."""
+
+    base_lr: float = 1e-3
+    min_lr: float = 1e-6
+    warmup_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = 0.75
+    epochs: int = 50
+    warmup_epochs: float = 5.0
+    batch_size: int = 6  # per process
+    update_freq: int = 1  # gradient accumulation
+    clip_grad: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    weights: WeightsSpec = field(default_factory=WeightsSpec)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output_dir: str = "runs/train"
+    seed: int = 0
+    precision: str = "bf16"  # bf16 | fp16 | fp32 (autocast; fp16 adds a GradScaler)
+    compile: bool = False
+    device: str = "auto"  # auto | cpu | cuda
+    num_workers: int = 4
+    resume: str = ""  # "" (fresh), "auto" (the run folder's latest checkpoint) or a checkpoint path
+    save_every_steps: int = 0  # 0 = at the end of every epoch only
+    keep_last: int = 2
+    eval_every_epochs: int = 1
+    stop_after_steps: int = 0  # stop abruptly after this many optimizer steps (for resume tests); 0 = never
+    log_every_steps: int = 10
+    groups: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # task -> {group: class ids}, F1 by group
+
+    def __post_init__(self):
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"precision must be bf16, fp16 or fp32, got {self.precision!r}")

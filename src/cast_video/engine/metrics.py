@@ -1,0 +1,104 @@
+"""The metrics the paper reports, computed from per-video scores.
+
+Scores are probabilities averaged over views (softmax per view, then the mean). EK100's action is
+the (verb, noun) pair: top-1 needs both right; top-5 ranks the joint scores p(verb) * p(noun), the
+way the EPIC-KITCHENS evaluation does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1)[:, :k]
+    return float((top == labels[:, None]).any(1).mean() * 100)
+
+
+def mean_class_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mean over the classes present in `labels` of their recall."""
+    pred = scores.argmax(1)
+    return float(np.mean([(pred[labels == c] == c).mean() for c in np.unique(labels)]) * 100)
+
+
+def per_class_prf(scores: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class (0 where undefined)."""
+    n = scores.shape[1]
+    pred = scores.argmax(1)
+    cm = confusion_matrix(pred, labels, n)
+    tp = np.diag(cm).astype(float)
+    predicted, actual = cm.sum(0), cm.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros(n), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros(n), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=precision + recall > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+
+
+def confusion_matrix(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predictions."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (labels, pred), 1)
+    return cm
+
+
+def group_f1(scores: np.ndarray, labels: np.ndarray, groups: dict[str, list[int]]) -> dict[str, float]:
+    """Support-weighted mean F1 of each group of classes (Figure 5's noun super-categories)."""
+    prf = per_class_prf(scores, labels)
+    out = {}
+    for name, classes in groups.items():
+        support = prf["support"][classes]
+        if support.sum() > 0:
+            out[name] = float((prf["f1"][classes] * support).sum() / support.sum() * 100)
+    return out
+
+
+def harmonic_mean(values: list[float]) -> float:
+    return float(len(values) / sum(1 / max(v, 1e-12) for v in values))
+
+
+def action_accuracy(verb_scores, noun_scores, verb_labels, noun_labels, k: int = 1) -> float:
+    """EK100 action accuracy. k=1: both argmaxes right. k>1: the true pair among the k best pairs by
+    p(verb) * p(noun)."""
+    if k == 1:
+        return float(((verb_scores.argmax(1) == verb_labels) & (noun_scores.argmax(1) == noun_labels)).mean() * 100)
+    hits = []
+    num_nouns = noun_scores.shape[1]
+    for v, n, vl, nl in zip(verb_scores, noun_scores, verb_labels, noun_labels, strict=True):
+        joint = np.outer(v, n).ravel()  # (V*N,), index verb * N + noun
+        top = np.argpartition(-joint, k - 1)[:k] if k < joint.size else np.arange(joint.size)
+        hits.append(vl * num_nouns + nl in set(top.tolist()))
+    return float(np.mean(hits) * 100)
+
+
+def classification_metrics(scores: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+                           groups: dict[str, dict[str, list[int]]] | None = None) -> dict[str, float]:
+    """Top-1/5 and mean class accuracy per task; EK100 action accuracy when verb and noun are both
+    there; the harmonic mean of the tasks' top-1 (Table 2's H.M.)."""
+    out: dict[str, float] = {}
+    for task in scores:
+        s, y = scores[task], labels[task]
+        out[f"{task}/top1"] = topk_accuracy(s, y, 1)
+        out[f"{task}/top5"] = topk_accuracy(s, y, 5)
+        out[f"{task}/mean_class_acc"] = mean_class_accuracy(s, y)
+        for name, value in group_f1(s, y, (groups or {}).get(task, {})).items():
+            out[f"{task}/f1/{name}"] = value
+    top1 = [out[f"{t}/top1"] for t in scores]
+    if {"verb", "noun"} <= set(scores):
+        args = (scores["verb"], scores["noun"], labels["verb"], labels["noun"])
+        out["action/top1"] = action_accuracy(*args, k=1)
+        out["action/top5"] = action_accuracy(*args, k=5)
+    if len(top1) > 1:
+        out["harmonic_mean"] = harmonic_mean(top1)
+    return out
+
+
+def epic_submission(ids: list[str], scores: dict[str, np.ndarray], sls: tuple[int, int, int] = (2, 3, 3)) -> dict:
+    """The EPIC-KITCHENS-100 action recognition challenge file: verb and noun scores per narration id.
+    `sls` are the supervision levels (pre-training, training labels, training data) the entry claims."""
+    results = {
+        i: {task: {str(c): round(float(v), 6) for c, v in enumerate(scores[task][row])} for task in ("verb", "noun")}
+        for row, i in enumerate(ids)
+    }
+    return {"version": "0.2", "challenge": "action_recognition", "sls_pt": sls[0], "sls_tl": sls[1],
+            "sls_td": sls[2], "results": results}

@@ -1,0 +1,202 @@
+"""The training engine: schedule and metrics by hand, exact resume, DDP equivalence, eval outputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from test_data import write_video
+
+from cast_video.cli import main
+from cast_video.config_utils import ConfigError, load_yaml, to_dict
+from cast_video.engine import NonFiniteLoss, TrainConfig, build_model, train
+from cast_video.engine.checkpoint import load_checkpoint
+from cast_video.engine.metrics import (
+    action_accuracy,
+    classification_metrics,
+    epic_submission,
+    harmonic_mean,
+    mean_class_accuracy,
+    per_class_prf,
+    topk_accuracy,
+)
+from cast_video.engine.optim import lr_at, param_groups
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- schedule, layer decay, metrics by hand ------------------------------------------------------
+def test_warmup_cosine_schedule_by_hand():
+    assert lr_at(0, 100, 10, 1.0, 0.0, 0.1) == pytest.approx(0.1)
+    assert lr_at(5, 100, 10, 1.0, 0.0, 0.1) == pytest.approx(0.55)
+    assert lr_at(10, 100, 10, 1.0, 0.0, 0.1) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0, 0.0, 0.1) == pytest.approx(0.5)  # half-way down the cosine
+    assert lr_at(100, 100, 10, 1.0, 0.2, 0.1) == pytest.approx(0.2)
+
+
+def test_layer_decay_and_weight_decay_groups():
+    cfg = TrainConfig()
+    model = build_model(cfg)
+    groups = param_groups(model, cfg.optim)
+    depth = model.config.depth
+    scale_of = {n: g["lr_scale"] for g in groups for n in g["names"]}
+    wd_of = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert scale_of["heads.verb.weight"] == 1.0 and scale_of["spatial.norm.weight"] == 1.0
+    assert scale_of["blocks.0.s_attn_adapter.fc1.weight"] == pytest.approx(0.75 ** depth)
+    # both streams and both directions of a block share one rate
+    assert scale_of["blocks.2.exchange.t2s.attn.q.weight"] == scale_of["blocks.2.exchange.s2t.attn.kv.weight"] \
+        == scale_of["blocks.2.t_mlp_adapter.fc2.weight"] == pytest.approx(0.75 ** (depth - 2))
+    assert wd_of["blocks.1.exchange.t2s.attn.q.weight"] == 0.05
+    assert wd_of["blocks.1.exchange.t2s.attn.q.bias"] == 0 and wd_of["blocks.1.exchange.s2t.pos_q_space"] == 0
+    assert wd_of["blocks.1.exchange.norm_s.weight"] == 0
+    assert sum(len(g["params"]) for g in groups) == len(model.trainable_parameters())
+
+
+def test_metrics_by_hand():
+    scores = np.array([[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
+    labels = np.array([0, 2, 2, 1])
+    assert topk_accuracy(scores, labels, 1) == 50.0
+    assert topk_accuracy(scores, labels, 2) == 100.0
+    assert mean_class_accuracy(scores, labels) == pytest.approx((1 + 0 + 0.5) / 3 * 100)
+    prf = per_class_prf(scores, labels)
+    assert prf["precision"].tolist() == [0.5, 0.0, 1.0] and prf["recall"].tolist() == [1.0, 0.0, 0.5]
+    assert prf["f1"][2] == pytest.approx(2 * 0.5 / 1.5)
+    assert harmonic_mean([50, 100]) == pytest.approx(2 / (1 / 50 + 1 / 100))
+    verb = np.array([[0.7, 0.3], [0.4, 0.6]])
+    noun = np.array([[0.1, 0.5, 0.4], [0.8, 0.15, 0.05]])
+    assert action_accuracy(verb, noun, np.array([0, 1]), np.array([1, 1]), k=1) == 50.0
+    # sample 1 joint scores: (1,0)=.48 (0,0)=.32 (1,1)=.09 (0,1)=.06 (1,2)=.03: (1,1) is 3rd
+    assert action_accuracy(verb, noun, np.array([0, 1]), np.array([1, 1]), k=2) == 50.0
+    assert action_accuracy(verb, noun, np.array([0, 1]), np.array([1, 1]), k=3) == 100.0
+    m = classification_metrics({"verb": verb, "noun": noun}, {"verb": np.array([0, 1]), "noun": np.array([1, 1])},
+                               {"noun": {"kitchenware": [1, 2]}})
+    assert m["verb/top1"] == 100 and m["noun/top1"] == 50 and m["action/top1"] == 50
+    assert m["harmonic_mean"] == pytest.approx(2 / (1 / 100 + 1 / 50))
+    assert m["noun/f1/kitchenware"] == pytest.approx(per_class_prf(noun, np.array([1, 1]))["f1"][1] * 100)
+    sub = epic_submission(["P01_1", "P01_2"], {"verb": verb, "noun": noun})
+    assert sub["challenge"] == "action_recognition" and sub["results"]["P01_2"]["noun"]["0"] == 0.8
+
+
+# --- end to end on real files ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ek_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ek")
+    (root / "P01" / "videos").mkdir(parents=True)
+    for v in range(3):
+        write_video(root / "P01" / "videos" / f"P01_0{v}.MP4", num_frames=40, size=40, gop=8)
+    header = "narration_id,participant_id,video_id,start_frame,stop_frame,verb_class,noun_class\n"
+    rows = [f"P01_0{i % 3}_{i},P01,P01_0{i % 3},{1 + i % 5},{24 + i % 9},{i % 8},{(3 * i) % 10}\n" for i in range(8)]
+    (root / "train.csv").write_text(header + "".join(rows))
+    (root / "val.csv").write_text(header + "".join(rows[:5]))
+    return root
+
+
+def tiny_config(data_root: Path, out: Path, **extra) -> TrainConfig:
+    raw = {
+        "model": {"preset": "cast_tiny", "overrides": {"drop_path": 0.1}},
+        "data": {"format": "epic_csv", "root": str(data_root), "train": str(data_root / "train.csv"),
+                 "num_frames": 8, "input_size": 32, "short_side": 32, "test_clips": 1, "test_crops": 1,
+                 "rand_augment": "rand-m7-n2-mstd0.5"},
+        "optim": {"epochs": 2, "batch_size": 2, "warmup_epochs": 1, "base_lr": 0.05},
+        "output_dir": str(out), "precision": "fp32", "device": "cpu", "num_workers": 0, "save_every_steps": 2,
+    }
+    for key, value in extra.items():
+        node = raw
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return load_yaml(TrainConfig, _write_yaml(out.parent / f"{out.name}.yaml", raw))
+
+
+def _write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def trainable_state(out: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, ek_data):
+    full = tmp_path / "full"
+    train(tiny_config(ek_data, full), progress=False)
+    part = tmp_path / "part"
+    assert train(tiny_config(ek_data, part, stop_after_steps=5), progress=False) == {"stopped_at_step": 5}
+    assert load_checkpoint(part / "checkpoints" / "last.pt")["step"] == 4  # the crash lost step 5
+    train(tiny_config(ek_data, part, resume="auto"), progress=False)
+    a, b = trainable_state(full), trainable_state(part)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    moved = build_model(tiny_config(ek_data, tmp_path / "fresh"))
+    fresh = dict(moved.trainable_parameters())
+    assert any(not torch.equal(fresh[k], a[k]) for k in a)  # training really changed the weights
+    log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
+    assert (full / "config.json").exists() and isinstance(log, list)
+
+
+def test_nonfinite_loss_stops_with_last_good_state(tmp_path, ek_data):
+    cfg = tiny_config(ek_data, tmp_path / "nan", **{"optim.base_lr": 1e30, "optim.warmup_epochs": 0})
+    with pytest.raises(NonFiniteLoss, match="last good state"):
+        train(cfg, progress=False)
+    state = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, ek_data):
+    plain = {"data.rand_augment": "", "data.color_jitter": 0.0, "data.flip": False, "data.mixup": 0.0,
+             "data.cutmix": 0.0, "model.overrides": {"drop_path": 0.0}, "optim.epochs": 1,
+             "data.val": str(ek_data / "val.csv"), "save_every_steps": 0}
+    one = tiny_config(ek_data, tmp_path / "one", **{**plain, "optim.batch_size": 4})
+    train(one, progress=False)
+    two = tiny_config(ek_data, tmp_path / "two", **{**plain, "optim.batch_size": 2})
+    config = _write_yaml(tmp_path / "two.yaml", to_dict(two))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29631",
+                    "-m", "cast_video", "train", str(config), "--no-progress"], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=240)
+    a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["num_videos"] == 5  # 5 validation videos over 2 ranks, each counted once
+    assert metrics == pytest.approx(json.loads((tmp_path / "one" / "metrics.json").read_text()), abs=1e-3)
+
+
+def test_eval_command_writes_metrics_predictions_submission_and_plots(tmp_path, ek_data):
+    cfg = tiny_config(ek_data, tmp_path / "run", **{"optim.epochs": 1, "data.val": str(ek_data / "val.csv")})
+    config = _write_yaml(tmp_path / "run.yaml", to_dict(cfg))
+    assert main(["train", str(config), "--no-progress"]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", str(config), "--checkpoint", str(tmp_path / "run" / "checkpoints" / "last.pt"),
+                 "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_videos"] == 5 and {"verb/top1", "noun/top1", "action/top1", "harmonic_mean"} <= set(metrics)
+    preds = json.loads((out / "predictions.json").read_text())
+    assert len(preds) == 5 and abs(sum(preds[0]["verb"]) - 1) < 1e-4
+    assert set(json.loads((out / "ek100_submission.json").read_text())["results"]) == {p["id"] for p in preds}
+    assert (out / "confusion_verb.png").stat().st_size > 1000 and (out / "f1_noun.png").exists()
+
+
+def test_bad_config_keys_are_named(tmp_path):
+    path = _write_yaml(tmp_path / "bad.yaml", {"optim": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"optim.epoch.*did you mean 'epochs'"):
+        load_yaml(TrainConfig, path)
+    assert main(["train", str(path)]) == 2
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")) +
+                         sorted("ablations/" + p.name for p in (ROOT / "configs" / "ablations").glob("*.yaml")))
+def test_shipped_configs_load_and_build(name):
+    cfg = load_yaml(TrainConfig, ROOT / "configs" / name)
+    from cast_video.models import CAST, preset_config
+
+    with torch.device("meta"):
+        CAST(preset_config(cfg.model.preset, cfg.model.overrides, ablation=cfg.model.ablation))
