@@ -1,5 +1,7 @@
 """Weights in every supported format, checked against reference implementations built here offline."""
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -376,7 +378,11 @@ def _official_forward(sd, x, split):
 @pytest.mark.parametrize("split", [True, False])
 def test_official_cast_checkpoint_gives_the_official_outputs(tmp_path, split):
     sd = _official_state(split)
-    torch.save({"module": sd}, tmp_path / "checkpoint-best.pt")
+    if split:  # DeepSpeed's layout
+        torch.save({"module": sd, "ds_version": "0.5.0", "epoch": 49}, tmp_path / "checkpoint-best.pt")
+    else:  # the non-DeepSpeed layout of the training script, which pickles its argparse namespace too
+        args = argparse.Namespace(lr=1e-3, num_frames=FRAMES, vmae_model="bidir_vit_base_patch16_224")
+        torch.save({"model": sd, "optimizer": {}, "epoch": 69, "args": args}, tmp_path / "checkpoint-best.pt")
     model = load_official_cast(str(tmp_path / "checkpoint-best.pt"), num_heads=HEADS).eval()
     assert detect_format(sd) == "official_cast"
     clip = video()
@@ -389,7 +395,7 @@ def test_official_cast_checkpoint_gives_the_official_outputs(tmp_path, split):
             torch.testing.assert_close(ours[name], ref[name], rtol=1e-5, atol=1e-5)
     else:
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
-    with pytest.raises(WeightsError, match="preset cast_b16_ek100 has width 768, the checkpoint 32"):
+    with pytest.raises(WeightsError, match=r"does not fit preset cast_b16_ek100: it has width 768 \(checkpoint: 32\)"):
         load_official_cast(str(tmp_path / "checkpoint-best.pt"), preset="cast_b16_ek100")
 
 

@@ -175,7 +175,8 @@ class CAST(nn.Module):
     def __init__(self, config: CASTConfig):
         super().__init__()
         self.config = cfg = config
-        self.expert_sources: dict[str, str] = {}  # where load_experts took each expert's weights from
+        # {role: {"source": path or hub id, "format": name}}: where load_experts took each expert from
+        self.expert_sources: dict[str, dict[str, str]] = {}
         self.spatial = ViTExpert(cfg.spatial, cfg.num_frames, cfg.img_size)
         self.temporal = ViTExpert(cfg.temporal, cfg.num_frames, cfg.img_size)
         steps, patches = self.spatial.num_steps, self.spatial.num_patches
@@ -209,11 +210,11 @@ class CAST(nn.Module):
 
         return cls(preset_config(name, overrides))
 
-    def load_experts(self, spatial=None, temporal=None, format: str | None = None, strict: bool = True,
-                     trusted: bool = False):
+    def load_experts(self, spatial=None, temporal=None, format: str | dict[str, str] | None = None,
+                     strict: bool = True, trusted: bool = False):
         """Load expert weights from a file, a directory or a hub id; the format is detected unless
-        given (`openai_clip`, `hf_clip`, `videomae`, `hf_videomae`, `cast_video`). Returns a report per
-        expert naming every key that was not loaded."""
+        given (`openai_clip`, `hf_clip`, `videomae`, `hf_videomae`, `cast_video`; or {role: format}).
+        Returns a report per expert naming every key that was not loaded."""
         from ..weights import load_experts
 
         return load_experts(self, spatial, temporal, format, strict, trusted)
@@ -226,6 +227,8 @@ class CAST(nn.Module):
 
     @classmethod
     def from_pretrained(cls, source, load_expert_weights: bool = True) -> CAST:
+        """A CAST written by `save_pretrained` (a directory or a hub id); experts stored by reference
+        are loaded from the sources recorded in its config.json."""
         from ..weights import from_pretrained
 
         return from_pretrained(source, load_expert_weights)

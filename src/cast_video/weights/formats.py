@@ -38,12 +38,23 @@ def detect_format(sd: dict[str, torch.Tensor]) -> str:
         return "videomae"
     if "patch_embed.weight" in sd and any(k.startswith("blocks.0.attn.qkv") for k in keys):
         return "cast_video"
+    if "spatial.patch_embed.weight" in sd or "temporal.patch_embed.weight" in sd:
+        return "cast_video"  # a whole CAST of ours; `load_expert` takes one expert out of it
     raise ValueError("unrecognised checkpoint format: expected OpenAI CLIP, transformers CLIP, VideoMAE, "
                      f"transformers VideoMAE, official CAST or cast-video keys; first keys: {keys[:5]}")
 
 
+# OpenAI CLIP's text tower and joint-embedding parts, and the hyper-parameters its TorchScript file
+# stores as tensors: known to have no place in a vision expert.
+_OPENAI_EXTRAS = re.compile(
+    r"transformer\.resblocks\.\d+\..+|token_embedding\.weight|positional_embedding|ln_final\.(weight|bias)"
+    r"|text_projection|logit_scale|input_resolution|context_length|vocab_size|attn_mask"
+)
+
+
 def from_openai_clip(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
-    """OpenAI CLIP (`visual.*`, TorchScript or open_clip's plain state dict) -> ViTExpert(clip)."""
+    """OpenAI CLIP (`visual.*`, TorchScript or open_clip's plain state dict; or the visual tower's own
+    state dict, without `visual.`) -> ViTExpert(clip)."""
     prefix = "visual." if any(k.startswith("visual.") for k in sd) else ""
     ours, extras = {}, []
     simple = {"conv1.weight": "patch_embed.weight", "class_embedding": "class_embedding",
@@ -53,7 +64,10 @@ def from_openai_clip(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
              "mlp.c_proj": "mlp.fc2"}
     for key, value in sd.items():
         if not key.startswith(prefix):
-            extras.append(key)  # the text tower, logit_scale, ...
+            if _OPENAI_EXTRAS.fullmatch(key):
+                extras.append(key)
+            else:
+                ours[f"?{key}"] = value
             continue
         name = key[len(prefix):]
         m = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)[._](weight|bias)", name)
@@ -65,7 +79,7 @@ def from_openai_clip(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
             ours.update({f"blocks.{m.group(1)}.{k}": v for k, v in _split_qkv_bias(value).items()})
         elif m and m.group(2) in block and name.endswith("." + m.group(3)):
             ours[f"blocks.{m.group(1)}.{block[m.group(2)]}.{m.group(3)}"] = value
-        elif name in ("proj",) or not prefix:
+        elif name == "proj":
             extras.append(key)  # the image projection into the joint embedding space
         else:
             ours[f"?{key}"] = value

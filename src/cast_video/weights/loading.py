@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,14 +17,9 @@ from ..models.cast import CAST, CASTConfig, HeadConfig
 from ..models.experts import ExpertConfig, ViTExpert
 from ..models.layers import interpolate_grid
 from .formats import EXPERT_CONVERTERS, EXPERT_FORMATS, detect_format, from_official_cast
+from .io import HUB_ID, WeightsError, hub_snapshot, read_state_dict
 
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-_CONTAINER_KEYS = ("model", "module", "state_dict", "model_state")
 _ARCH_OF_FORMAT = {"openai_clip": "clip", "hf_clip": "clip", "videomae": "videomae", "hf_videomae": "videomae"}
-
-
-class WeightsError(ValueError):
-    """A checkpoint that does not fit: the message names the file and the key."""
 
 
 @dataclass
@@ -49,70 +42,34 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
-
-
-def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
-    """Checkpoints nest the weights under 'model', 'module' (DeepSpeed) or 'state_dict'."""
-    for key in _CONTAINER_KEYS:
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            return _unwrap(obj[key], path)
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{path}: no state dict found (looked under {', '.join(_CONTAINER_KEYS)})")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def read_state_dict(source: str | os.PathLike, trusted: bool = False) -> tuple[dict[str, torch.Tensor], str]:
-    """A flat state dict from a file, a transformers-style directory, or a hub id (where a network is).
-
-    Pickled files are read with `weights_only=True`; a file that needs arbitrary objects (old
-    checkpoints that saved argparse namespaces) needs `trusted=True`. TorchScript archives (OpenAI
-    CLIP) are loaded with `torch.jit.load` on the CPU and only their state dict is kept.
-    """
-    path = Path(source)
-    if not path.exists():
-        if isinstance(source, str) and _HUB_ID.fullmatch(source):
-            from huggingface_hub import snapshot_download
-
-            try:
-                path = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
-            except Exception as err:  # offline, unknown repo, ...
-                raise WeightsError(f"{source}: not a local path, and the hub could not provide it: {err}") from err
-        else:
-            raise FileNotFoundError(f"{source}: no such file or directory")
-    if path.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if (path / name).exists():
-                return read_state_dict(path / name, trusted)[0], str(path)
-        raise WeightsError(f"{path}: a directory without model.safetensors or pytorch_model.bin")
-    if path.suffix == ".safetensors":
-        return load_file(str(path)), str(path)
-    if _is_torchscript(path):
-        module = torch.jit.load(str(path), map_location="cpu")
-        return {k: v for k, v in module.state_dict().items()}, str(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except Exception as err:
-        if trusted:
-            raise WeightsError(f"{path}: cannot be read: {err}") from err
-        raise WeightsError(f"{path}: cannot be read with weights_only=True ({type(err).__name__}); if you "
-                           "trust the file, pass trusted=True (--trusted on the command line)") from err
-    return _unwrap(obj, path), str(path)
-
-
 def _resize_clip_positions(pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Bicubic resize of CLIP's position grid to another image size; the class position is kept."""
     side = int(math.isqrt(target.shape[0] - 1))
     return torch.cat([pos[:1], interpolate_grid(pos[1:], (side, side))])
 
 
+def _select_cast_expert(sd: dict[str, torch.Tensor], expert: ViTExpert, role: str | None, where: str) -> dict:
+    """One expert out of a whole-CAST file of ours: by role, or by architecture when the role is not given."""
+    roles = [r for r in ("spatial", "temporal") if f"{r}.patch_embed.weight" in sd]
+    if not roles:
+        return sd
+    ndim = 4 if expert.cfg.arch == "clip" else 5  # Conv2d frames or Conv3d tubes
+    if role is None:
+        matching = [r for r in roles if sd[f"{r}.patch_embed.weight"].ndim == ndim]
+        if len(matching) != 1:
+            raise WeightsError(f"{where}: a whole CAST file; say which expert to take (role='spatial' or 'temporal')")
+        role = matching[0]
+    if role not in roles:
+        raise WeightsError(f"{where}: a whole CAST file without {role} expert weights")
+    return {k.removeprefix(f"{role}."): v for k, v in sd.items() if k.startswith(f"{role}.")}
+
+
 def load_expert(expert: ViTExpert, source, format: str | None = None, strict: bool = True,
-                trusted: bool = False) -> LoadReport:
-    """Load one expert from any supported format; see `LoadReport` for what is returned."""
+                trusted: bool = False, role: str | None = None) -> LoadReport:
+    """Load one expert from any supported format; see `LoadReport` for what is returned.
+
+    Nothing is copied into the expert unless every check passes, so a failed load leaves it untouched.
+    """
     sd, where = read_state_dict(source, trusted)
     fmt = format or detect_format(sd)
     if fmt not in EXPERT_FORMATS:
@@ -120,12 +77,14 @@ def load_expert(expert: ViTExpert, source, format: str | None = None, strict: bo
     arch = _ARCH_OF_FORMAT.get(fmt)
     if arch is not None and arch != expert.cfg.arch:
         raise WeightsError(f"{where}: {fmt} weights are a {arch} ViT, but this expert is {expert.cfg.arch}")
+    if fmt == "cast_video":
+        sd = _select_cast_expert(sd, expert, role, where)
     ours, extras = EXPERT_CONVERTERS[fmt](sd)
     expected = expert.state_dict()
-    report = LoadReport(str(source), fmt, ignored=extras)
-    report.unexpected = [k[1:] for k in ours if k.startswith("?")] + [
+    report = LoadReport(str(source), fmt, ignored=sorted(extras))
+    report.unexpected = sorted([k[1:] for k in ours if k.startswith("?")] + [
         k for k in ours if not k.startswith("?") and k not in expected
-    ]
+    ])
     state = {}
     for key, value in ours.items():
         if key not in expected:
@@ -148,86 +107,127 @@ def load_expert(expert: ViTExpert, source, format: str | None = None, strict: bo
     return report
 
 
-def load_experts(model: CAST, spatial=None, temporal=None, format: str | None = None, strict: bool = True,
-                 trusted: bool = False) -> dict[str, LoadReport]:
-    """Load the spatial and/or temporal expert; the sources are remembered for `save_pretrained`."""
+def _reference(source) -> str:
+    """How config.json names an expert source: an absolute path, or the hub id as given."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else str(source)
+
+
+def load_experts(model: CAST, spatial=None, temporal=None, format: str | dict[str, str] | None = None,
+                 strict: bool = True, trusted: bool = False) -> dict[str, LoadReport]:
+    """Load the spatial and/or temporal expert; `format` is one name or {role: name}. The sources are
+    remembered, so `save_pretrained` can refer to them instead of storing the frozen weights."""
     reports = {}
     for role, source in (("spatial", spatial), ("temporal", temporal)):
-        if source is not None:
-            reports[role] = load_expert(getattr(model, role), source, format, strict, trusted)
-            model.expert_sources[role] = str(source)
+        if source is None:
+            continue
+        fmt = format.get(role) if isinstance(format, dict) else format
+        report = load_expert(getattr(model, role), source, fmt, strict, trusted, role)
+        reports[role] = report
+        model.expert_sources[role] = {"source": _reference(source), "format": report.format}
     return reports
 
 
 def save_pretrained(model: CAST, directory: str | os.PathLike, full: bool = False) -> Path:
-    """`config.json` + `model.safetensors`: by default only what CAST trains, plus where the experts
-    came from; `full=True` stores every weight. Files are written atomically."""
+    """`config.json` + `model.safetensors`, written atomically.
+
+    By default the file holds what CAST trains, and config.json names where each frozen expert came
+    from; an expert that was never loaded from a source (random, or changed in place) is stored whole,
+    so that `from_pretrained` always rebuilds the same model. `full=True` stores every weight.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    names = {n for n, _ in model.trainable_parameters()} if not full else None
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if names is None or k in names}
-    meta = {"format": "cast-video", "full": full, "experts": dict(model.expert_sources),
-            "config": to_dict(model.config)}
+    referenced = {} if full else {r: s for r, s in model.expert_sources.items() if model.config.freeze_experts}
+    keep = {n for n, _ in model.trainable_parameters()}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if full or k in keep or k.split(".", 1)[0] not in referenced}
+    meta = {"format": "cast-video", "full": full, "experts": referenced, "config": to_dict(model.config)}
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
         save_file(state, tmp.name)
     os.replace(tmp.name, directory / "model.safetensors")
-    (directory / "config.json.tmp").write_text(json.dumps(meta, indent=2))
-    os.replace(directory / "config.json.tmp", directory / "config.json")
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as tmp:
+        json.dump(meta, tmp, indent=2)
+    os.replace(tmp.name, directory / "config.json")
     return directory
 
 
 def from_pretrained(source: str | os.PathLike, load_expert_weights: bool = True) -> CAST:
-    """A CAST saved by `save_pretrained`, from a directory or a hub id."""
+    """A CAST saved by `save_pretrained`, from a directory or a hub id. Experts stored by reference
+    are loaded from their recorded sources unless `load_expert_weights=False` (then they stay random)."""
     path = Path(source)
-    if not path.exists() and isinstance(source, str) and _HUB_ID.fullmatch(source):
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(source))
+    if not path.exists() and isinstance(source, str) and HUB_ID.fullmatch(source):
+        path = hub_snapshot(source, ["config.json", "model.safetensors"])
     config_file = path / "config.json"
     if not config_file.exists():
         raise FileNotFoundError(f"{path}: no config.json (is this a directory written by save_pretrained?)")
     meta = json.loads(config_file.read_text())
+    if meta.get("format") != "cast-video":
+        raise WeightsError(f"{config_file}: not written by cast-video's save_pretrained")
     model = CAST(from_dict(CASTConfig, meta["config"]))
-    if not meta.get("full") and load_expert_weights:
-        experts = meta.get("experts", {})
-        load_experts(model, spatial=experts.get("spatial"), temporal=experts.get("temporal"))
+    experts = meta.get("experts", {})
+    if load_expert_weights:
+        for role, ref in experts.items():
+            load_experts(model, format={role: ref["format"]}, **{role: ref["source"]})
     state = load_file(str(path / "model.safetensors"))
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise WeightsError(f"{path}: unexpected keys {result.unexpected_keys[:8]}")
-    if meta.get("full") and result.missing_keys:
-        raise WeightsError(f"{path}: missing keys {result.missing_keys[:8]}")
+    missing = [k for k in result.missing_keys if k.split(".", 1)[0] not in experts]
+    if missing:
+        raise WeightsError(f"{path}: model.safetensors lacks {missing[:8]}")
     return model
 
 
-def _official_config(sd: dict[str, torch.Tensor], preset: str | None, num_heads: int | None) -> CASTConfig:
-    """The config an official checkpoint was trained with, read from its shapes. The head count is
-    the one thing shapes cannot tell; ViTs use 64 channels per head (12 heads for ViT-B)."""
-    from ..models.presets import preset_config
+def _official_shape(sd: dict[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
+    if key not in sd:
+        raise WeightsError(f"{where}: an official CAST checkpoint must have {key}")
+    return tuple(sd[key].shape)
 
-    width, _, patch, _ = sd["clip_conv1.weight"].shape
+
+def _mismatches(cfg: CASTConfig, found: CASTConfig, num_heads: int | None) -> list[str]:
+    def heads(c: CASTConfig):
+        return [(h.name, h.num_classes, h.source) for h in c.heads]
+
+    checks = {"width": (cfg.spatial.width, found.spatial.width), "depth": (cfg.depth, found.depth),
+              "patch size": (cfg.spatial.patch_size, found.spatial.patch_size),
+              "frames": (cfg.num_frames, found.num_frames), "image size": (cfg.img_size, found.img_size),
+              "bottleneck": (cfg.bottleneck_dim, found.bcast_dim), "heads": (heads(cfg), heads(found)),
+              "attention heads": (cfg.spatial.heads, num_heads or cfg.spatial.heads)}
+    return [f"{what} {want} (checkpoint: {got})" for what, (want, got) in checks.items() if want != got]
+
+
+def _official_config(sd: dict[str, torch.Tensor], preset: str | None, num_heads: int | None,
+                     where: str) -> CASTConfig:
+    """The config an official checkpoint was trained with, read from its shapes.
+
+    A preset whose shapes all match is used as is (it also carries the training settings, such as
+    drop_path); otherwise a config is built from the shapes. The attention head count is the one thing
+    shapes cannot tell: `num_heads`, or 64 channels per head as in every CLIP and VideoMAE ViT.
+    """
+    from ..models.presets import PRESETS, preset_config
+
+    width, _, patch, _ = _official_shape(sd, "clip_conv1.weight", where)
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    grid = math.isqrt(sd["clip_positional_embedding"].shape[0] - 1)
-    frames = 2 * sd["blocks.0.t2s_cross.clip_time_pos"].shape[0]
-    if "head_verb.weight" in sd:
-        heads = [HeadConfig("verb", sd["head_verb.weight"].shape[0], "temporal"),
-                 HeadConfig("noun", sd["head_noun.weight"].shape[0], "spatial")]
+    grid = math.isqrt(_official_shape(sd, "clip_positional_embedding", where)[0] - 1)
+    frames = 2 * _official_shape(sd, "blocks.0.t2s_cross.clip_time_pos", where)[0]
+    if "head_verb.weight" in sd or "head_noun.weight" in sd:
+        heads = [HeadConfig("verb", _official_shape(sd, "head_verb.weight", where)[0], "temporal"),
+                 HeadConfig("noun", _official_shape(sd, "head_noun.weight", where)[0], "spatial")]
     else:
-        heads = [HeadConfig("action", sd["head.weight"].shape[0], "fused")]
+        heads = [HeadConfig("action", _official_shape(sd, "head.weight", where)[0], "fused")]
     shape = dict(width=width, depth=depth, heads=num_heads or max(1, width // 64), patch_size=patch)
     found = CASTConfig(spatial=ExpertConfig("clip", **shape), temporal=ExpertConfig("videomae", **shape),
                        heads=heads, num_frames=frames, img_size=grid * patch,
-                       bcast_dim=sd["blocks.0.cross_s_down.weight"].shape[0])
-    if preset is None:
-        return found
-    cfg = preset_config(preset)
-    checks = {"width": (cfg.spatial.width, width), "depth": (cfg.depth, depth), "frames": (cfg.num_frames, frames),
-              "image size": (cfg.img_size, grid * patch), "bottleneck": (cfg.bottleneck_dim, found.bcast_dim),
-              "heads": ([(h.name, h.num_classes) for h in cfg.heads], [(h.name, h.num_classes) for h in heads])}
-    for what, (want, got) in checks.items():
-        if want != got:
-            raise WeightsError(f"preset {preset} has {what} {want}, the checkpoint {got}")
-    return cfg
+                       bcast_dim=_official_shape(sd, "blocks.0.cross_s_down.weight", where)[0])
+    if preset is not None:
+        problems = _mismatches(preset_config(preset), found, num_heads)
+        if problems:
+            raise WeightsError(f"{where}: does not fit preset {preset}: it has {'; '.join(problems)}")
+        return preset_config(preset)
+    for name in PRESETS:
+        if not _mismatches(preset_config(name), found, num_heads):
+            return preset_config(name)
+    return found
 
 
 def load_official_cast(source, preset: str | None = None, trusted: bool = False,
@@ -240,7 +240,7 @@ def load_official_cast(source, preset: str | None = None, trusted: bool = False,
     sd, where = read_state_dict(source, trusted)
     if detect_format(sd) != "official_cast":
         raise WeightsError(f"{where}: not an official CAST checkpoint")
-    cfg = _official_config(sd, preset, num_heads)
+    cfg = _official_config(sd, preset, num_heads, where)
     model = CAST(cfg)
     ours, _ = from_official_cast(sd)
     heads = {}
