@@ -200,3 +200,26 @@ def test_shipped_configs_load_and_build(name):
 
     with torch.device("meta"):
         CAST(preset_config(cfg.model.preset, cfg.model.overrides, ablation=cfg.model.ablation))
+
+
+def test_predict_a_video_a_folder_and_a_timeline(tmp_path, ek_data, capsys):
+    cfg = tiny_config(ek_data, tmp_path / "run", **{"optim.epochs": 1, "data.class_names": {}})
+    train(cfg, progress=False)
+    names = [f"verb{i}" for i in range(8)]
+    (tmp_path / "run" / "model" / "classes.json").write_text(json.dumps({"verb": names}))
+    video = ek_data / "P01" / "videos" / "P01_01.MP4"
+    assert main(["predict", str(video), "--model", str(tmp_path / "run" / "model"), "--json", "--topk", "3"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in one["verb"]][0] in names and len(one["noun"]) == 3
+    assert sum(r["score"] for r in one["verb"]) <= 1 + 1e-6
+    assert one["verb"][0]["score"] >= one["verb"][1]["score"]
+    model_dir = str(tmp_path / "run" / "model")
+    assert main(["predict", str(ek_data / "P01"), "--model", model_dir, "--json", "--topk", "3"]) == 0
+    many = json.loads(capsys.readouterr().out)
+    assert len(many) == 3 and many[1] == one
+    assert main(["predict", str(video), "--model", str(tmp_path / "run" / "model"), "--json", "--window", "0.5",
+                 "--stride", "0.25"]) == 0
+    timeline = json.loads(capsys.readouterr().out)["timeline"]
+    # 40 frames at 30 fps: windows of round(0.5 * 30) = 15 frames every round(7.5) = 8 frames
+    assert [row["start_s"] for row in timeline] == pytest.approx([0 / 30, 8 / 30, 16 / 30, 24 / 30], abs=1e-3)
+    assert all(row["end_s"] - row["start_s"] == pytest.approx(0.5, abs=0.01) for row in timeline)

@@ -13,7 +13,7 @@ import sys
 
 from .config_utils import ConfigError
 
-COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval"]
+COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict"]
 
 
 def build_parser() -> argparse.ArgumentParser:

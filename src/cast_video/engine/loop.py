@@ -203,6 +203,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             writer.close()
     if info.main:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        export = out_dir / "model"  # for `cast-video predict --model`: experts by reference when they have a source
+        model.save_pretrained(export, full=not model.expert_sources)
+        (export / "classes.json").write_text(json.dumps(train_set.class_names))
         _summary(history)
     return metrics
 

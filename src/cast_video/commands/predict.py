@@ -1,0 +1,39 @@
+"""`cast-video predict VIDEO_OR_FOLDER --model DIR`: top-k classes, or a timeline for long videos."""
+
+from __future__ import annotations
+
+import json
+
+from ..models import CAST
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="predict the actions in a video, a folder of videos or a long video")
+    p.add_argument("path", help="a video file or a folder of videos")
+    p.add_argument("--model", required=True, help="a directory written by save_pretrained / train (or a hub id)")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--clips", type=int, default=2, help="temporal views")
+    p.add_argument("--crops", type=int, default=3, choices=[1, 3], help="spatial views")
+    p.add_argument("--window", type=float, help="seconds per window: predict a timeline over a long video")
+    p.add_argument("--stride", type=float, help="seconds between windows (default: the window)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..engine.predict import Predictor, find_videos, load_class_names, summarize
+
+    model = CAST.from_pretrained(args.model)
+    predictor = Predictor(model, load_class_names(args.model), args.clips, args.crops, args.device)
+    results = []
+    for video in find_videos(args.path):
+        if args.window:
+            results.append(predictor.timeline(video, args.window, args.stride or args.window, args.topk))
+        else:
+            results.append(predictor.video(video, args.topk))
+        if not args.json:
+            print(summarize(results[-1]))
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    return 0

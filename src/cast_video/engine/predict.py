@@ -1,0 +1,102 @@
+"""Predictions for videos outside any dataset: multi-view scores, or a timeline over a long video.
+
+A long video is decoded once: the frames of every window are gathered into one `read_frames` call,
+which seeks across the gaps, and the windows then go through the model in batches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..data import DataConfig, build_gpu_augment, read_frames, video_info
+from ..data.dataset import test_crops
+from ..data.sampling import segment_indices
+from ..models import CAST
+from .loop import predict_views
+
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v"}
+
+
+def load_class_names(model_dir: str | Path) -> dict[str, list[str]]:
+    path = Path(model_dir) / "classes.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _top(probs: torch.Tensor, names: list[str] | None, k: int) -> list[dict]:
+    values, ids = probs.topk(min(k, probs.numel()))
+    return [{"class": int(i), "name": names[i] if names and i < len(names) else str(int(i)), "score": float(v)}
+            for v, i in zip(values, ids, strict=True)]
+
+
+class Predictor:
+    def __init__(self, model: CAST, class_names: dict[str, list[str]] | None = None, clips: int = 2, crops: int = 3,
+                 device: str = "cpu", precision: str = "fp32", batch_size: int = 4):
+        cfg = model.config
+        self.model = model.to(device).eval()
+        self.names = class_names or {}
+        self.data = DataConfig(num_frames=cfg.num_frames, input_size=cfg.img_size, short_side=cfg.img_size,
+                               test_clips=clips, test_crops=crops)
+        self.heads = [h.name for h in cfg.heads]
+        self.augment = build_gpu_augment(self.data, {h.name: h.num_classes for h in cfg.heads}).to(device).eval()
+        self.device, self.precision, self.batch_size = torch.device(device), precision, batch_size
+
+    def _scores(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(N, V, 3, 2T, S, S) uint8 -> {task: (N, C)} probabilities averaged over the V views."""
+        parts = [predict_views(self.model, views[i:i + self.batch_size], self.augment, self.precision, self.device,
+                               self.heads) for i in range(0, len(views), self.batch_size)]
+        return {t: torch.cat([p[t] for p in parts]) for t in self.heads}
+
+    def video(self, path: str | Path, topk: int = 5) -> dict:
+        """Multi-view prediction of one whole video: clips x crops views, probabilities averaged."""
+        length = video_info(path).num_frames
+        cfg = self.data
+        per_view = [segment_indices(length, cfg.num_frames, False, view=v, num_views=cfg.test_clips)[0]
+                    for v in range(cfg.test_clips)]
+        frames = read_frames(path, [i for idx in per_view for i in idx])  # (clips*2T, H, W, 3)
+        frames = frames.view(cfg.test_clips, cfg.num_frames, *frames.shape[1:])  # (clips, 2T, H, W, 3)
+        views = torch.stack([c for v in range(cfg.test_clips)
+                             for c in test_crops(frames[v], cfg.short_side, cfg.input_size, cfg.test_crops)])
+        scores = self._scores(views[None])
+        return {"video": str(path), **{t: _top(scores[t][0], self.names.get(t), topk) for t in self.heads}}
+
+    def timeline(self, path: str | Path, window: float, stride: float, topk: int = 5) -> dict:
+        """Sliding windows of `window` seconds every `stride` seconds, one centre view each."""
+        info = video_info(path)
+        win, step = max(1, round(window * info.fps)), max(1, round(stride * info.fps))
+        starts = list(range(0, max(info.num_frames - win, 0) + 1, step))
+        cfg = self.data
+        indices = [s + i for s in starts for i in segment_indices(min(win, info.num_frames), cfg.num_frames, False,
+                                                                    view=1, num_views=2)[0]]
+        frames = read_frames(path, indices)  # one decode for all windows
+        frames = frames.view(len(starts), cfg.num_frames, *frames.shape[1:])
+        views = torch.stack([test_crops(f, cfg.short_side, cfg.input_size, 1)[0] for f in frames])[:, None]
+        scores = self._scores(views)
+        rows = [{"start_s": round(s / info.fps, 3), "end_s": round(min(s + win, info.num_frames) / info.fps, 3),
+                 **{t: _top(scores[t][i], self.names.get(t), topk) for t in self.heads}} for i, s in enumerate(starts)]
+        return {"video": str(path), "fps": info.fps, "window_s": window, "stride_s": stride, "timeline": rows}
+
+
+def find_videos(path: str | Path) -> list[Path]:
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    return [path]
+
+
+def summarize(result: dict) -> str:
+    lines = [result["video"]]
+    if "timeline" in result:
+        for row in result["timeline"]:
+            best = ", ".join(f"{t}={row[t][0]['name']} ({row[t][0]['score']:.2f})" for t in row
+                             if isinstance(row[t], list))
+            lines.append(f"  {row['start_s']:8.2f}-{row['end_s']:8.2f}s  {best}")
+        return "\n".join(lines)
+    for task, top in result.items():
+        if isinstance(top, list):
+            lines.append(f"  {task}: " + ", ".join(f"{r['name']} {r['score']:.3f}" for r in top))
+    return "\n".join(lines)
