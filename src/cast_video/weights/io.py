@@ -33,6 +33,9 @@ _STORAGE_DTYPES = {
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
 }
 
+_JIT_CONTAINERS = {"build_intlist": list, "build_doublelist": list, "build_boollist": list, "build_tensorlist": list,
+                   "restore_type_tag": lambda value, _type: value}
+
 
 class WeightsError(ValueError):
     """A checkpoint that cannot be read or does not fit: the message names the file and the key."""
@@ -69,6 +72,8 @@ class _TorchScriptUnpickler(pickle.Unpickler):
             return _STORAGE_DTYPES[name]
         if (module, name) == ("collections", "OrderedDict"):
             return dict
+        if module == "torch.jit._pickle" and name in _JIT_CONTAINERS:  # typed lists of script attributes
+            return _JIT_CONTAINERS[name]
         raise pickle.UnpicklingError(f"TorchScript archive refers to {module}.{name}, which is not allowed")
 
     def persistent_load(self, pid):
