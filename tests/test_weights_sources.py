@@ -308,3 +308,29 @@ def test_read_state_dict_reports_unreadable_files(tmp_path):
     torch.save({"model": {"w": torch.ones(2)}}, buffer)
     (tmp_path / "ok.bin").write_bytes(buffer.getvalue())
     assert torch.equal(read_state_dict(tmp_path / "ok.bin")[0]["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize(("heads", "preset"), [({"head_verb.weight": (97, 768), "head_noun.weight": (300, 768)},
+                                                 "cast_b16_ek100"),
+                                                ({"head.weight": (174, 768)}, "cast_b16_ssv2"),
+                                                ({"head.weight": (400, 768)}, "cast_b16_k400"),
+                                                ({"head.weight": (101, 768)}, None)])
+def test_official_preset_is_found_from_shapes(heads, preset):
+    from cast_video.weights.loading import _official_config
+
+    shapes = {"clip_conv1.weight": (768, 3, 16, 16), "clip_positional_embedding": (197, 768),
+              "blocks.0.t2s_cross.clip_time_pos": (8, 384), "blocks.0.cross_s_down.weight": (384, 768),
+              "blocks.11.norm1.weight": (768,), **heads}
+    sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}  # only shapes are read
+    cfg = _official_config(sd, None, None, "ckpt")
+    if preset is None:  # no preset has 101 classes: a config read from the shapes
+        geometry = (cfg.spatial.width, cfg.spatial.heads, cfg.depth, cfg.num_frames, cfg.img_size)
+        assert geometry == (768, 12, 12, 16, 224)
+        assert [(h.name, h.num_classes) for h in cfg.heads] == [("action", 101)]
+    else:
+        assert cfg == preset_config(preset)
+    with pytest.raises(WeightsError, match=r"ckpt: does not fit preset cast_tiny: it has width 64 \(checkpoint: 768\)"):
+        _official_config(sd, "cast_tiny", None, "ckpt")
+    del sd["blocks.0.t2s_cross.clip_time_pos"]
+    with pytest.raises(WeightsError, match="ckpt: an official CAST checkpoint must have blocks.0.t2s_cross"):
+        _official_config(sd, None, None, "ckpt")
