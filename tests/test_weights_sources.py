@@ -334,3 +334,16 @@ def test_official_preset_is_found_from_shapes(heads, preset):
     del sd["blocks.0.t2s_cross.clip_time_pos"]
     with pytest.raises(WeightsError, match="ckpt: an official CAST checkpoint must have blocks.0.t2s_cross"):
         _official_config(sd, None, None, "ckpt")
+
+
+def test_from_pretrained_names_a_lost_expert_source(tmp_path):
+    hf = perturb(CLIPVisionModel(clip_vision_config()))
+    hf.save_pretrained(tmp_path / "clip")
+    model = CAST(preset_config("cast_tiny", OVERRIDES))
+    model.load_experts(spatial=str(tmp_path / "clip"))
+    model.save_pretrained(tmp_path / "light")
+    (tmp_path / "clip" / "model.safetensors").unlink()
+    with pytest.raises(WeightsError, match="the spatial expert is stored by reference"):
+        CAST.from_pretrained(tmp_path / "light")
+    again = CAST.from_pretrained(tmp_path / "light", load_expert_weights=False)  # the temporal expert was stored
+    assert torch.equal(again.temporal.blocks[0].attn.qkv.weight, model.temporal.blocks[0].attn.qkv.weight)

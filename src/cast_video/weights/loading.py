@@ -167,7 +167,12 @@ def from_pretrained(source: str | os.PathLike, load_expert_weights: bool = True)
     experts = meta.get("experts", {})
     if load_expert_weights:
         for role, ref in experts.items():
-            load_experts(model, format={role: ref["format"]}, **{role: ref["source"]})
+            try:
+                load_experts(model, format={role: ref["format"]}, **{role: ref["source"]})
+            except (FileNotFoundError, WeightsError) as err:
+                raise WeightsError(f"{config_file}: the {role} expert is stored by reference and its source "
+                                   f"cannot be loaded ({err}); save with full=True to carry it, or pass "
+                                   "load_expert_weights=False") from err
     state = load_file(str(path / "model.safetensors"))
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
