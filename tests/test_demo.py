@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cast_video.config_utils import ConfigError, from_dict, to_dict
-from cast_video.demo.clips import read_video
+from cast_video.data import read_frames, video_info
 from cast_video.demo.config import DemoConfig
 from cast_video.demo.pipeline import run_demo
 from cast_video.demo.synth import (
@@ -29,6 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 PLAIN = SynthConfig(background=0.0, noise=0.0, distractors=0)  # flat grey, so the digit is all that changes
 
 
+def _read_video(path) -> np.ndarray:
+    """Every frame of a video, through the library's decoder."""
+    return read_frames(path, range(video_info(path).num_frames)).numpy()
+
+
 def _ink(frames: np.ndarray) -> np.ndarray:
     """Per-frame digit intensity above the flat background: (F, S, S)."""
     return np.clip(frames.astype(np.float32).mean(-1) - 0.35 * 255, 0, None)
@@ -45,7 +50,7 @@ def _decoded(tmp_path, texture, verb, seed=0, cfg=PLAIN) -> np.ndarray:
     frames = render_clip(texture, verb, np.random.default_rng(seed), cfg)
     path = tmp_path / f"{verb}.mp4"
     write_video(path, frames, cfg.fps)
-    decoded = read_video(path)
+    decoded = _read_video(path)
     assert decoded.shape == frames.shape
     return decoded
 
@@ -124,9 +129,9 @@ def test_written_dataset_is_ek100_format_and_deterministic(tmp_path):
     row = rows[0]
     assert verbs[int(row["verb_class"])]["key"] == row["verb"]
     video = tmp_path / "a" / "videos" / row["participant_id"] / f"{row['video_id']}.mp4"
-    frames = read_video(video)
+    frames = _read_video(video)
     assert len(frames) == int(row["stop_frame"]) - int(row["start_frame"]) + 1 == 8
-    assert np.array_equal(frames, read_video(tmp_path / "b" / video.relative_to(tmp_path / "a")))
+    assert np.array_equal(frames, _read_video(tmp_path / "b" / video.relative_to(tmp_path / "a")))
 
 
 def test_demo_yaml_is_the_builtin_default():
@@ -146,7 +151,8 @@ def test_tiny_demo_runs_end_to_end_and_resumes(tmp_path):
         assert all(0.0 <= t[k] <= 1.0 for k in ("verb", "noun", "action", "harmonic_mean"))
         assert t["action"] <= min(t["verb"], t["noun"])
     for name in ("results.png", "results.md", "log.txt", "experts/spatial.safetensors",
-                 "experts/temporal/expert.safetensors", "models/cast/model.pt", "data/annotations/EPIC_100_test.csv"):
+                 "experts/temporal/expert.safetensors", "models/cast/checkpoints/last.pt",
+                 "models/cast/model/config.json", "data/annotations/EPIC_100_test.csv"):
         assert (run / name).exists(), name
     assert "| CAST (B-CAST) |" in (run / "results.md").read_text()
     assert summary["methods"] == saved["methods"]

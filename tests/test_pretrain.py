@@ -6,6 +6,7 @@ import torch
 
 from cast_video.cli import main
 from cast_video.config_utils import ConfigError, load_yaml
+from cast_video.data import DataConfig
 from cast_video.models import CAST, preset_config
 from cast_video.models.experts import ExpertConfig
 from cast_video.pretrain import MaskedVideoAutoencoder, PretrainConfig, load_expert_state, pretrain, tube_mask
@@ -14,7 +15,8 @@ from cast_video.pretrain import MaskedVideoAutoencoder, PretrainConfig, load_exp
 def tiny_cfg(tmp_path, **kw) -> PretrainConfig:
     base = dict(expert=ExpertConfig(arch="videomae", width=32, depth=2, heads=4, patch_size=8), num_frames=8,
                 img_size=32, decoder_width=32, decoder_depth=1, decoder_heads=4, epochs=2, warmup_epochs=0,
-                batch_size=8, lr=0.05, num_workers=0, output_dir=str(tmp_path / "run"))
+                batch_size=8, lr=0.05, num_workers=0, output_dir=str(tmp_path / "run"),
+                data=DataConfig(format="unlabeled", flip=False))
     base.update(kw)
     return PretrainConfig(**base)
 
@@ -65,14 +67,15 @@ def test_zero_prediction_costs_the_normalised_target_energy():
     assert loss.item() == pytest.approx((n - 1) / n, rel=1e-4)
 
 
-def _moving_dataset(count: int) -> torch.utils.data.TensorDataset:
-    from cast_video.demo.clips import normalise
+def _moving_dataset(count: int):
+    from cast_video.demo.clips import ClipDataset
     from cast_video.demo.synth import VERBS, SynthConfig, load_digit_images, render_clip
 
     images, _ = load_digit_images()
     rng = np.random.default_rng(0)
     clips = np.stack([render_clip(images[i], VERBS[i % 8], rng, SynthConfig(noise=0.0)) for i in range(count)])
-    return torch.utils.data.TensorDataset(normalise(torch.from_numpy(clips)))
+    labels = torch.zeros(count, dtype=torch.long)
+    return ClipDataset({"clips": torch.from_numpy(clips).permute(0, 4, 1, 2, 3), "verb": labels, "noun": labels})
 
 
 def test_loss_decreases_and_a_run_resumes(tmp_path):
@@ -114,7 +117,7 @@ def test_cli_pretrains_on_a_folder_of_videos(tmp_path, capsys):
     write_moving_digits(tmp_path / "d", SynthConfig(), {"train": 8, "validation": 1, "test": 1}, seed=0,
                         progress=False)
     rc = main(["pretrain", "configs/demo/pretrain.yaml", "--no-progress", "--set",
-               f"data.video_dir={tmp_path / 'd' / 'videos' / 'P01'}", f"output_dir={tmp_path / 'run'}",
+               f"data.train={tmp_path / 'd' / 'videos' / 'P01'}", f"output_dir={tmp_path / 'run'}",
                "epochs=1", "warmup_epochs=0", "batch_size=4", "num_workers=0"])
     assert rc == 0
     assert (tmp_path / "run" / "expert.safetensors").exists()

@@ -12,29 +12,32 @@ a few narrow transformer blocks that are thrown away afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import save_file
 from torch import nn
 
 from .config_utils import ConfigError, to_dict
+from .data import DataConfig, build_dataset, build_gpu_augment, collate
+from .engine.checkpoint import atomic_save
 from .models.experts import ExpertBlock, ExpertConfig, ViTExpert
 from .models.layers import sinusoid_table, trunc_normal_init
 
 
 @dataclass
 class PretrainConfig:
-    """One pre-training run. `data` is the data layer's config (videos and annotation files); labels
-    in it are ignored."""
+    """One pre-training run. `data` is the data layer's config: any annotated format, or
+    `format: unlabeled` with `train:` a folder of videos; labels are ignored. As in VideoMAE, the only
+    augmentations are the random resized crop and the flip; RandAugment, colour jitter, erasing and
+    mixup are switched off whatever `data` says."""
 
     expert: ExpertConfig = field(default_factory=lambda: ExpertConfig(arch="videomae"))
     num_frames: int = 16
@@ -44,7 +47,7 @@ class PretrainConfig:
     decoder_width: int = 384
     decoder_depth: int = 4
     decoder_heads: int = 6
-    data: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=lambda: DataConfig(format="unlabeled", sampling="dense", frame_stride=4))
     epochs: int = 800
     warmup_epochs: int = 40
     batch_size: int = 32
@@ -133,57 +136,10 @@ class MaskedVideoAutoencoder(nn.Module):
         return (per_token * weight).sum() / weight.sum()
 
 
-def _clip_only(item):
-    """Datasets may yield a clip or a tuple whose first element is the clip; labels are not used here."""
-    return item[0] if isinstance(item, (tuple, list)) else item
-
-
-def build_pretrain_dataset(cfg: PretrainConfig):
-    """The training clips of `cfg.data`, read through the data layer."""
-    if not cfg.data:
-        raise ConfigError("data: the pre-training config names no videos (set data.*, see configs/demo)")
-    try:
-        from .data import DataConfig, build_dataset
-    except ImportError:  # until the data layer lands: every video under data.video_dir
-        return _VideoFolder(cfg.data, cfg.num_frames, cfg.img_size)
-    from .config_utils import from_dict
-
-    data_cfg = from_dict(DataConfig, cfg.data, "data")
-    return build_dataset(data_cfg, "train")
-
-
-class _VideoFolder(torch.utils.data.Dataset):
-    """Minimal PyAV reader: `num_frames` evenly spaced frames of each video, ImageNet-normalised."""
-
-    MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-
-    def __init__(self, data: dict[str, Any], num_frames: int, img_size: int):
-        if set(data) != {"video_dir"}:
-            raise ConfigError(f"data: expected only 'video_dir', got {sorted(data)}")
-        self.paths = sorted(p for p in Path(data["video_dir"]).rglob("*") if p.suffix.lower() in (".mp4", ".avi",
-                                                                                                  ".mkv", ".webm"))
-        if not self.paths:
-            raise FileNotFoundError(f"data.video_dir: no videos under {data['video_dir']}")
-        self.num_frames, self.img_size = num_frames, img_size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        import av
-        import numpy as np
-
-        with av.open(str(self.paths[i])) as container:
-            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])  # (F, H, W, 3)
-        idx = np.linspace(0, len(frames) - 1, self.num_frames).round().astype(int)
-        x = resize_clip(torch.from_numpy(frames[idx]), self.img_size)  # (3, F, S, S)
-        return (x - self.MEAN[:, None, None, None]) / self.STD[:, None, None, None]
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def pretrain_data(cfg: PretrainConfig) -> DataConfig:
+    """The data config with VideoMAE's pre-training augmentation: crop and flip only."""
+    return dataclasses.replace(cfg.data, num_frames=cfg.num_frames, input_size=cfg.img_size, rand_augment="",
+                               color_jitter=0.0, random_erasing=0.0, mixup=0.0, cutmix=0.0)
 
 
 def _cosine_lr(step: int, total: int, warmup: int, base: float, floor: float) -> float:
@@ -205,11 +161,16 @@ def pretrain(cfg: PretrainConfig, dataset=None, progress: bool = True) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    dataset = dataset if dataset is not None else build_pretrain_dataset(cfg)
+    data_cfg = pretrain_data(cfg)
+    if dataset is None:
+        if not data_cfg.train:
+            raise ConfigError("data.train: the pre-training config names no videos (a folder, or an annotation file)")
+        dataset = build_dataset(data_cfg, "train", seed=cfg.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size,
-        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed),
+        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate,
     )
+    augment = build_gpu_augment(data_cfg, {}).train()
     model = MaskedVideoAutoencoder(cfg)
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n != "mask_token"]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or n == "mask_token"]
@@ -233,8 +194,9 @@ def pretrain(cfg: PretrainConfig, dataset=None, progress: bool = True) -> dict:
         model.train()
         t0, running, count = time.time(), 0.0, 0
         bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for i, item in enumerate(bar):
-            video = _clip_only(item)
+        for i, batch in enumerate(bar):
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * steps_per_epoch + i)
+            video, _ = augment(batch["video"], generator=gen)  # uint8 crops -> flipped, normalised
             for group in optimizer.param_groups:
                 group["lr"] = _cosine_lr(epoch * steps_per_epoch + i, total, warmup, lr, cfg.min_lr)
             mask = tube_mask(video.shape[0], num_patches, cfg.mask_ratio, mask_gen)
@@ -250,7 +212,7 @@ def pretrain(cfg: PretrainConfig, dataset=None, progress: bool = True) -> dict:
         history.append(running / count)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps({"epoch": epoch + 1, "loss": history[-1], "seconds": round(time.time() - t0, 2)}) + "\n")
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                       "history": history}, ckpt_path)
     expert_path = out / "expert.safetensors"
     tmp = expert_path.with_name(expert_path.name + ".tmp")
@@ -265,16 +227,3 @@ def load_expert_state(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
-
-
-def resize_clip(frames: torch.Tensor, img_size: int) -> torch.Tensor:
-    """uint8 frames (F, H, W, 3) -> float (3, F, S, S) in [0, 1]: short side to S, centre crop."""
-    x = frames.permute(3, 0, 1, 2).float() / 255.0  # (3, F, H, W)
-    h, w = x.shape[-2:]
-    scale = img_size / min(h, w)
-    if (h, w) != (img_size, img_size):
-        size = (max(img_size, round(h * scale)), max(img_size, round(w * scale)))
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)  # (3, F, h', w')
-        top, left = (x.shape[-2] - img_size) // 2, (x.shape[-1] - img_size) // 2
-        x = x[..., top:top + img_size, left:left + img_size]
-    return x

@@ -171,3 +171,15 @@ def read_epic_classes(file: str | os.PathLike) -> list[str]:
         raise AnnotationError(f"{file}: columns id,key expected, found {list(rows[0])}")
     names = {int(r["id"]): r["key"] for r in rows}
     return [names[i] for i in range(len(names))]
+
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+
+
+def read_unlabeled(folder: str | os.PathLike) -> list[Sample]:
+    """Every video under a folder, without labels: the input of self-supervised pre-training."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AnnotationError(f"{folder}: not a folder of videos")
+    return [Sample(str(f), {}, id=str(f.relative_to(folder))) for f in sorted(folder.rglob("*"))
+            if f.suffix.lower() in VIDEO_SUFFIXES]

@@ -8,14 +8,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-FORMATS = ("epic_csv", "cast_epic", "k400_csv", "ssv2_json", "list", "generic")
+FORMATS = ("epic_csv", "cast_epic", "k400_csv", "ssv2_json", "list", "generic", "unlabeled")
 
 
 @dataclass
 class DataConfig:
     """Defaults follow the paper (section 4.2, appendix B, Table 4) and the official scripts."""
 
-    format: str = "list"
+    format: str = "list"  # one of FORMATS; "unlabeled": every video under a folder (pre-training)
     root: str = ""  # videos (or frame folders) are found relative to this
     train: str = ""  # annotation file (or folder, for `generic`) of each split
     val: str = ""

@@ -28,6 +28,7 @@ from .annotations import (
     read_kinetics_csv,
     read_path_label_list,
     read_ssv2_json,
+    read_unlabeled,
 )
 from .config import DataConfig
 from .sampling import dense_indices, segment_indices
@@ -51,6 +52,8 @@ def load_annotations(cfg: DataConfig, split: str) -> tuple[list[Sample], dict[st
         samples, names[task] = read_kinetics_csv(file, cfg.root, task=task)
     elif cfg.format == "ssv2_json":
         samples, names[task] = read_ssv2_json(file, cfg.labels_json, cfg.root, task=task)
+    elif cfg.format == "unlabeled":
+        samples = read_unlabeled(file)
     elif cfg.format == "generic":
         samples, found = read_generic(file, cfg.root, task=task)
         if found:

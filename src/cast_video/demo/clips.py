@@ -1,71 +1,55 @@
-"""Reading the demo's videos back, once, and serving them from memory.
+"""The demo's videos, read back once through the data layer and served from memory.
 
-Every clip is decoded from its mp4 file and its labels come from the EK100-format CSV, so the demo goes
-through a real decoder; the decoded uint8 clips are then kept in memory (a few tens of MB), because
-decoding thousands of files in every epoch of three models would cost more than the training on two
-cores.
+Every clip is decoded from its mp4 file with `read_frames` and labelled from the EK100-format CSV by
+`read_epic_csv`, so the demo goes through the real decoder and annotation reader; the decoded uint8
+clips are then kept in memory (a few tens of MB), because decoding thousands of files in every epoch
+of three models would cost more than the training on two cores.
 """
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import av
-import numpy as np
 import torch
 
-from ..config_utils import ConfigError
+from ..data import read_frames
+from ..data.annotations import read_epic_csv
 from .synth import annotation_file
 
-# The normalisation of every clip the demo models see (ImageNet statistics, as VideoMAE uses).
-MEAN = torch.tensor([0.485, 0.456, 0.406])
-STD = torch.tensor([0.229, 0.224, 0.225])
-
-
-def read_video(path: str | Path) -> np.ndarray:
-    """All frames of a video: uint8 (F, H, W, 3)."""
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+VIDEO_TEMPLATE = "videos/{participant_id}/{video_id}.mp4"
 
 
 def read_split(root: str | Path, split: str, num_frames: int, progress: bool = True) -> dict[str, torch.Tensor]:
-    """Decode a split: {"clips": uint8 (M, F, S, S, 3), "verb": (M,), "noun": (M,)}."""
+    """Decode a split: {"clips": uint8 (M, 3, F, S, S), "verb": (M,), "noun": (M,)}."""
     from tqdm import tqdm
 
-    path = annotation_file(root, split)
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    clips, verbs, nouns = [], [], []
-    for line, row in enumerate(tqdm(rows, desc=f"decode {split}", disable=not progress, unit="clip"), start=2):
-        try:
-            video = Path(root) / "videos" / row["participant_id"] / f"{row['video_id']}.mp4"
-            start, stop = int(row["start_frame"]), int(row["stop_frame"])
-            verbs.append(int(row["verb_class"]))
-            nouns.append(int(row["noun_class"]))
-        except (KeyError, ValueError) as err:
-            raise ConfigError(f"{path}:{line}: bad annotation row ({err})") from err
-        frames = read_video(video)[start - 1:stop]  # EK100 frame numbers are 1-based and inclusive
-        if len(frames) != num_frames:
-            raise ValueError(f"{video}: frames {start}..{stop} give {len(frames)} frames, expected {num_frames}")
-        clips.append(frames)
-    return {"clips": torch.from_numpy(np.stack(clips)), "verb": torch.tensor(verbs), "noun": torch.tensor(nouns)}
-
-
-def normalise(clips: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, F, H, W, 3) -> normalised float (B, 3, F, H, W), the models' input."""
-    x = clips.permute(0, 4, 1, 2, 3).float() / 255.0  # (B, 3, F, H, W)
-    return (x - MEAN[:, None, None, None]) / STD[:, None, None, None]
+    samples = read_epic_csv(annotation_file(root, split), str(root), video_template=VIDEO_TEMPLATE)
+    clips = []
+    for s in tqdm(samples, desc=f"decode {split}", disable=not progress, unit="clip"):
+        if s.stop_frame - s.start_frame + 1 != num_frames:
+            raise ValueError(f"{s.path}: the annotation gives {s.stop_frame - s.start_frame + 1} frames, "
+                             f"expected {num_frames}")
+        frames = read_frames(s.path, range(s.start_frame, s.stop_frame + 1))  # (F, S, S, 3)
+        clips.append(frames.permute(3, 0, 1, 2))  # (3, F, S, S)
+    return {"clips": torch.stack(clips), "verb": torch.tensor([s.labels["verb"] for s in samples]),
+            "noun": torch.tensor([s.labels["noun"] for s in samples])}
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Decoded clips as (normalised clip (3, F, S, S), verb, noun)."""
+    """Decoded clips as the data layer's sample dicts; `views=True` adds the view axis of test samples."""
 
-    def __init__(self, split: dict[str, torch.Tensor]):
+    def __init__(self, split: dict[str, torch.Tensor], views: bool = False, class_names=None):
         self.clips, self.verb, self.noun = split["clips"], split["verb"], split["noun"]
+        self.views = views
+        self.class_names = class_names or {}
 
     def __len__(self) -> int:
         return len(self.clips)
 
-    def __getitem__(self, i: int):
-        return normalise(self.clips[i:i + 1])[0], self.verb[i], self.noun[i]
+    def set_epoch(self, epoch: int) -> None:
+        """The clips are fixed; augmentation happens on the batch."""
+
+    def __getitem__(self, i: int) -> dict:
+        video = self.clips[i][None] if self.views else self.clips[i]  # (1, 3, F, S, S) or (3, F, S, S)
+        return {"video": video, "labels": {"verb": int(self.verb[i]), "noun": int(self.noun[i])}, "index": i,
+                "id": str(i)}

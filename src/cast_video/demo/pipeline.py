@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..config_utils import ConfigError, to_dict
+from ..data import DataConfig
 from ..models.experts import ExpertConfig
 from ..pretrain import PretrainConfig, pretrain
 from .clips import ClipDataset, read_split
@@ -102,7 +103,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path = "runs/demo", progress: bool 
         return {"cache": str(run.dir / "cache")}
 
     run.stage("decode", decode)
-    splits = {s: ClipDataset(torch.load(run.dir / "cache" / f"{s}.pt")) for s in SPLITS}
+    splits = {s: ClipDataset(torch.load(run.dir / "cache" / f"{s}.pt"), views=s != "train") for s in SPLITS}
 
     experts_dir = run.dir / "experts"
     spatial = run.stage("spatial", lambda: {k: v for k, v in train_spatial_expert(
@@ -116,10 +117,9 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path = "runs/demo", progress: bool 
             mask_ratio=t.mask_ratio, decoder_width=t.decoder_width, decoder_depth=t.decoder_depth,
             decoder_heads=t.decoder_heads, epochs=t.epochs, warmup_epochs=t.warmup_epochs,
             batch_size=t.batch_size, lr=t.lr, num_workers=0, seed=cfg.seed, output_dir=str(experts_dir / "temporal"),
+            data=DataConfig(format="unlabeled", flip=False),  # no flip: 'move left' must not become 'move right'
         )
-        unlabeled = torch.utils.data.TensorDataset(torch.stack([splits["train"][i][0]
-                                                                for i in range(len(splits["train"]))]))
-        result = pretrain(pcfg, dataset=unlabeled, progress=progress)
+        result = pretrain(pcfg, dataset=splits["train"], progress=progress)  # labels unused
         run.log(f"VideoMAE reconstruction loss {result['loss'][0]:.3f} -> {result['loss'][-1]:.3f}")
         if writer is not None:
             for epoch, loss in enumerate(result["loss"], start=1):

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from ..data import ClipAugment, DataConfig
 from ..models.experts import ExpertConfig, ViTExpert
-from .clips import normalise
 from .config import SpatialPretrainConfig
 from .synth import SynthConfig, load_digit_images, render_still, split_images
 
@@ -34,9 +34,12 @@ def render_stills(split: str, count: int, synth: SynthConfig, seed: int) -> tupl
     return torch.from_numpy(stills), torch.from_numpy(labels[picks])
 
 
+_NORMALISE = ClipAugment(DataConfig(), {}).eval()  # the clips' normalisation, so stills look like frames
+
+
 def _as_video(stills: torch.Tensor) -> torch.Tensor:
     """uint8 stills (B, S, S, 3) -> normalised 2-frame videos (B, 3, 2, S, S); the CLIP expert reads frame 1."""
-    return normalise(stills[:, None].expand(-1, 2, -1, -1, -1))
+    return _NORMALISE.normalize(stills.permute(0, 3, 1, 2)[:, :, None].expand(-1, -1, 2, -1, -1))
 
 
 def train_spatial_expert(expert_cfg: ExpertConfig, img_size: int, cfg: SpatialPretrainConfig, synth: SynthConfig,

@@ -77,8 +77,12 @@ def _seed_generator(device: torch.device, seed: int, step: int) -> torch.Generat
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Train (and evaluate each `eval_every_epochs`) as `cfg` says; returns the final metrics."""
+def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None) -> dict:
+    """Train (and evaluate each `eval_every_epochs`) as `cfg` says; returns the final metrics.
+
+    `datasets` ({"train": ..., "val": ...}) replaces the datasets `cfg.data` describes, for data held in
+    memory (the demo); they yield the data layer's sample dicts and have `set_epoch` and `class_names`.
+    """
     device = pick_device(cfg.device)
     info = init_distributed(device)
     if device.type == "cuda":
@@ -91,7 +95,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
 
     model = build_model(cfg).to(device)
     heads = {h.name: h.num_classes for h in model.config.heads}
-    train_set = build_dataset(cfg.data, "train", seed=cfg.seed)
+    datasets = datasets or {}
+    train_set = datasets["train"] if "train" in datasets else build_dataset(cfg.data, "train", seed=cfg.seed)
     augment = build_gpu_augment(cfg.data, heads).to(device)
     micro_batch = cfg.optim.batch_size
     sampler = ResumableSampler(len(train_set), micro_batch, info, seed=cfg.seed)
@@ -183,8 +188,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                     return {"stopped_at_step": step}
             start_batch = 0
             is_last = epoch + 1 == o.epochs
-            if cfg.data.val and ((epoch + 1) % cfg.eval_every_epochs == 0 or is_last):
-                metrics, _ = evaluate(model, cfg, "val", device, info, progress=progress)
+            if (cfg.data.val or "val" in datasets) and ((epoch + 1) % cfg.eval_every_epochs == 0 or is_last):
+                metrics, _ = evaluate(model, cfg, "val", device, info, progress=progress, dataset=datasets.get("val"))
                 score = _headline(metrics)
                 improved = score > best
                 best = max(best, score)
@@ -201,6 +206,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
             log_file.close()
         if writer:
             writer.close()
+    if cfg.data.test or "test" in datasets:
+        metrics["test"], _ = evaluate(model, cfg, "test", device, info, progress=progress, dataset=datasets.get("test"))
     if info.main:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         export = out_dir / "model"  # for `cast-video predict --model`: experts by reference when they have a source
@@ -255,11 +262,11 @@ def predict_views(model: CAST, video: torch.Tensor, augment, precision: str, dev
 
 
 def evaluate(model: CAST, cfg: TrainConfig, split: str, device: torch.device, info: DistInfo | None = None,
-             progress: bool = True) -> tuple[dict, dict]:
-    """Multi-view evaluation of a split: every sample counted once across ranks. Returns the metrics
-    and the per-video results {"id": [...], "scores": {task: (N, C)}, "labels": {task: (N,)}}."""
+             progress: bool = True, dataset=None) -> tuple[dict, dict]:
+    """Multi-view evaluation of a split (or of `dataset`): every sample counted once across ranks.
+    Returns the metrics and the per-video results {"id", "scores": {task: (N, C)}, "labels": {task: (N,)}}."""
     info = info or DistInfo()
-    dataset = build_dataset(cfg.data, split, seed=cfg.seed)
+    dataset = dataset if dataset is not None else build_dataset(cfg.data, split, seed=cfg.seed)
     heads = {h.name: h.num_classes for h in model.config.heads}
     augment = build_gpu_augment(cfg.data, heads).to(device).eval()
     loader = DataLoader(dataset, batch_size=max(1, cfg.optim.batch_size // 2), sampler=ShardSampler(len(dataset), info),

@@ -12,12 +12,11 @@ from pathlib import Path
 import torch
 
 from ..data import DataConfig, build_gpu_augment, read_frames, video_info
+from ..data.annotations import VIDEO_SUFFIXES
 from ..data.dataset import test_crops
 from ..data.sampling import segment_indices
 from ..models import CAST
 from .loop import predict_views
-
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v"}
 
 
 def load_class_names(model_dir: str | Path) -> dict[str, list[str]]:
