@@ -13,7 +13,7 @@ import sys
 
 from .config_utils import ConfigError
 
-COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict"]
+COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .bcast import CrossExchange, LateralExchange
 from .experts import ExpertBlock, ExpertConfig, ViTExpert
@@ -175,6 +176,7 @@ class CAST(nn.Module):
     def __init__(self, config: CASTConfig):
         super().__init__()
         self.config = cfg = config
+        self.grad_checkpointing = False  # activation checkpointing per block, a speed-for-memory trade
         # {role: {"source": path or hub id, "format": name}}: where load_experts took each expert from
         self.expert_sources: dict[str, dict[str, str]] = {}
         self.spatial = ViTExpert(cfg.spatial, cfg.num_frames, cfg.img_size)
@@ -290,7 +292,10 @@ class CAST(nn.Module):
         xs = self.spatial.embed(video)
         xt = self.temporal.embed(video)
         for block, sb, tb in zip(self.blocks, self.spatial.blocks, self.temporal.blocks, strict=True):
-            xs, xt = block(xs, xt, sb, tb)
+            if self.grad_checkpointing and self.training:  # recompute activations in backward: less memory
+                xs, xt = checkpoint(block, xs, xt, sb, tb, use_reentrant=False)
+            else:
+                xs, xt = block(xs, xt, sb, tb)
         return xs, xt
 
     def forward_head(self, tokens: tuple[torch.Tensor, torch.Tensor]):
