@@ -347,3 +347,20 @@ def test_from_pretrained_names_a_lost_expert_source(tmp_path):
         CAST.from_pretrained(tmp_path / "light")
     again = CAST.from_pretrained(tmp_path / "light", load_expert_weights=False)  # the temporal expert was stored
     assert torch.equal(again.temporal.blocks[0].attn.qkv.weight, model.temporal.blocks[0].attn.qkv.weight)
+
+
+def test_videomae_hub_layout_of_transformers_4(tmp_path):
+    """Hub files written by transformers 4 name the biases q_bias / v_bias and prefix `videomae.`."""
+    hf = perturb(VideoMAEModel(videomae_config()))
+    renamed = {"videomae." + k.replace("query.bias", "q_bias").replace("value.bias", "v_bias"): v
+               for k, v in hf.state_dict().items()}
+    assert sum(k.endswith((".q_bias", ".v_bias")) for k in renamed) == 2 * DEPTH
+    (tmp_path / "hub").mkdir()
+    torch.save(renamed, tmp_path / "hub" / "pytorch_model.bin")
+    ours = expert("videomae")
+    report = load_expert(ours, str(tmp_path / "hub"))
+    assert report.format == "hf_videomae" and not report.unexpected
+    clip = video()
+    with torch.no_grad():
+        ref = hf(pixel_values=clip.transpose(1, 2)).last_hidden_state
+        assert_tokens(ours.forward_tokens(clip, True)[-1], ref, flat=True)
