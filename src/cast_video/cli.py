@@ -1,8 +1,8 @@
 """`cast-video` command line: one module per command under `cast_video.commands`.
 
 Each command module defines `register(subparsers)`, which adds its parser and sets `func`.
-Modules are imported only when the command line is parsed, so `cast-video info` never imports the
-training stack.
+Errors a user can fix (a bad config key, a missing file, a checkpoint or annotation that does not fit,
+an unreadable video) are printed as one line naming the key or file, with exit status 2.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import importlib
 import sys
 
 from .config_utils import ConfigError
+from .data import AnnotationError, VideoReadError
+from .weights import WeightsError
 
 COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark"]
 
@@ -28,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, FileNotFoundError, WeightsError, AnnotationError, VideoReadError) as err:
         print(f"cast-video {args.command}: error: {err}", file=sys.stderr)
         return 2
 
