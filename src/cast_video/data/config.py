@@ -1,13 +1,20 @@
-"""`DataConfig`: one dataclass for every dataset format, sampling and augmentation option."""
+"""`DataConfig`: one dataclass for every dataset format, sampling and augmentation option.
+
+Plain fields only, so a YAML `data:` section maps onto it one to one.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 FORMATS = ("epic_csv", "cast_epic", "k400_csv", "ssv2_json", "list", "generic", "unlabeled")
 
 
@@ -23,13 +30,16 @@ class DataConfig:
     labels_json: str = ""  # SSV2's labels.json
     class_names: dict[str, str] = field(default_factory=dict)  # task -> EPIC class CSV / name list file
     tasks: list[str] = field(default_factory=lambda: ["action"])  # label names for single-label formats
+    video_ext: str = ""  # file suffix of cast_epic (".mp4") and ssv2_json (".webm") videos; "" = that default
     layout: str = "video"  # EPIC: "video" files or extracted "frames" folders
-    video_template: str = "{participant_id}/videos/{video_id}.MP4"
+    video_template: str = "{participant_id}/videos/{video_id}.MP4"  # EPIC, relative to root; CSV columns
     frames_template: str = "{participant_id}/rgb_frames/{video_id}"
-    frame_file_template: str = "frame_{:010d}.jpg"
-    backend: str | None = None  # video decoder: pyav (default), torchcodec
+    frame_file_template: str = "frame_{:010d}.jpg"  # EPIC frame files, numbered from 1
+    use_timestamps: bool = False  # EPIC: segments from start/stop_timestamp instead of start/stop_frame
+    check_files: bool = False  # every annotated file must exist (checked once, before training)
+    backend: str | None = None  # video decoder: pyav (default), decord, torchcodec
     # temporal sampling
-    num_frames: int = 16
+    num_frames: int = 16  # frames per clip (2T: the temporal expert's tubelets are 2 frames)
     sampling: str = "segment"  # "segment" (SSV2, EK100) or "dense" (K400)
     frame_stride: int = 4  # dense sampling stride
     test_clips: int = 2  # temporal views at test
@@ -49,10 +59,12 @@ class DataConfig:
     mix_prob: float = 1.0
     switch_prob: float = 0.5
     label_smoothing: float = 0.1
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    norm: str = "imagenet"  # "imagenet" (what the official weights expect) or "clip"; mean/std override it
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     num_sample: int = 1  # repeated augmentation: clips drawn from one decoded video per step
-    max_failures: int = 20  # consecutive unreadable videos before the run stops
+    on_bad_video: str = "skip"  # "skip": log, count and replace an unreadable video; "raise": stop
+    max_failures: int = 20  # consecutive unreadable videos before even a "skip" run stops
 
     def __post_init__(self):
         if self.format not in FORMATS:
@@ -61,3 +73,19 @@ class DataConfig:
             raise ValueError(f"sampling must be 'segment' or 'dense', got {self.sampling!r}")
         if self.test_crops not in (1, 3):
             raise ValueError(f"test_crops must be 1 or 3, got {self.test_crops}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {self.norm!r}")
+        if self.on_bad_video not in ("skip", "raise"):
+            raise ValueError(f"on_bad_video must be 'skip' or 'raise', got {self.on_bad_video!r}")
+        if self.layout not in ("video", "frames"):
+            raise ValueError(f"layout must be 'video' or 'frames', got {self.layout!r}")
+        if min(self.num_frames, self.frame_stride, self.test_clips, self.input_size, self.num_sample) < 1:
+            raise ValueError("num_frames, frame_stride, test_clips, input_size and num_sample must be >= 1")
+        if self.format == "ssv2_json" and self.flip:
+            log.warning("data.flip is on for SSV2, whose labels name left and right; the paper turns it off")
+
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std): `mean` / `std` when given, else those of the `norm` preset. Resolved on use, not
+        stored, so that overriding `norm` on a loaded config still takes effect."""
+        mean, std = NORMS[self.norm]
+        return tuple(self.mean or mean), tuple(self.std or std)

@@ -4,13 +4,15 @@ Workers do only what must happen per video: decode the needed frames and cut the
 (random resized crop in training, short-side resize and crops at test), so that every clip of a
 batch has one size. Photometric augmentation, normalisation and mixup run on the whole batch on the
 accelerator (`augment.ClipAugment`). An unreadable video is logged and replaced by another one, so
-one corrupt file never stops a run.
+one corrupt file never stops a run; the sample says which files it replaced, so the training loop can
+report them however many worker processes decoded them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .annotations import (
+    AnnotationError,
     Sample,
     read_cast_epic_list,
     read_epic_classes,
@@ -28,30 +31,36 @@ from .annotations import (
     read_kinetics_csv,
     read_path_label_list,
     read_ssv2_json,
+    read_ssv2_labels,
     read_unlabeled,
+    validate,
 )
 from .config import DataConfig
 from .sampling import dense_indices, segment_indices
-from .video import FrameFolderBackend, VideoReadError, get_backend, video_info
+from .video import FrameFolderBackend, VideoReadError, get_backend, read_frames, video_info
 
 log = logging.getLogger(__name__)
 
 
 def load_annotations(cfg: DataConfig, split: str) -> tuple[list[Sample], dict[str, list[str]]]:
-    """Samples of a split and the class names per task that the files give."""
+    """Samples of a split and the class names per task that the files give, checked (labels in
+    range, files present with `check_files`) so that errors surface before training."""
     file = getattr(cfg, split)
     if not file:
         raise ValueError(f"data.{split}: no annotation file given")
+    if not os.path.exists(file):
+        raise AnnotationError(f"data.{split}: {file} does not exist")
     names: dict[str, list[str]] = {}
     task = cfg.tasks[0]
     if cfg.format == "epic_csv":
-        samples = read_epic_csv(file, cfg.root, cfg.layout, cfg.video_template, cfg.frames_template)
+        samples = read_epic_csv(file, cfg.root, cfg.layout, cfg.video_template, cfg.frames_template,
+                                cfg.use_timestamps)
     elif cfg.format == "cast_epic":
-        samples = read_cast_epic_list(file, cfg.root)
+        samples = read_cast_epic_list(file, cfg.root, cfg.video_ext or ".mp4")
     elif cfg.format == "k400_csv":
         samples, names[task] = read_kinetics_csv(file, cfg.root, task=task)
     elif cfg.format == "ssv2_json":
-        samples, names[task] = read_ssv2_json(file, cfg.labels_json, cfg.root, task=task)
+        samples, names[task] = read_ssv2_json(file, cfg.labels_json, cfg.root, task=task, ext=cfg.video_ext or ".webm")
     elif cfg.format == "unlabeled":
         samples = read_unlabeled(file)
     elif cfg.format == "generic":
@@ -63,8 +72,11 @@ def load_annotations(cfg: DataConfig, split: str) -> tuple[list[Sample], dict[st
     for t, class_file in cfg.class_names.items():
         if class_file.endswith(".csv"):
             names[t] = read_epic_classes(class_file)
+        elif class_file.endswith(".json"):
+            names[t] = read_ssv2_labels(class_file)
         else:
             names[t] = Path(class_file).read_text().splitlines()
+    validate(samples, names, cfg.check_files)
     return samples, names
 
 
@@ -97,7 +109,8 @@ def _resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def test_crops(frames: torch.Tensor, short_side: int, crop: int, num_crops: int) -> list[torch.Tensor]:
-    """Resize the short side to `short_side`, then 1 centre crop or 3 crops along the long side."""
+    """uint8 (T, H, W, 3) -> `num_crops` uint8 (3, T, crop, crop): resize the short side to
+    `short_side`, then 1 centre crop or 3 crops along the long side (start, centre, end)."""
     h, w = frames.shape[1:3]
     scale = short_side / min(h, w)
     nh, nw = max(crop, round(h * scale)), max(crop, round(w * scale))
@@ -112,8 +125,13 @@ def test_crops(frames: torch.Tensor, short_side: int, crop: int, num_crops: int)
 
 
 class VideoDataset(Dataset):
-    """Samples are dicts: `video` uint8 (3, 2T, S, S) in training, (V, 3, 2T, S, S) at test with V =
-    clips x crops; `labels` {task: class}; `index`; `id`."""
+    """Samples are dicts: `video` uint8 (3, 2T, S, S) in training ((num_sample, 3, 2T, S, S) with
+    repeated augmentation), (V, 3, 2T, S, S) at test with V = clips x crops (clip-major); `labels`
+    {task: class}; `index` (of the sample actually returned); `id`; `skipped`: "path: reason" of the
+    unreadable videos it replaced; `short`: whether the action had fewer frames than the clip spans.
+
+    Randomness depends only on (seed, epoch, index), so a resumed run, or any worker count, draws the
+    same clips."""
 
     def __init__(self, cfg: DataConfig, split: str, samples: list[Sample] | None = None, seed: int = 0):
         self.cfg, self.split, self.train = cfg, split, split == "train"
@@ -126,10 +144,10 @@ class VideoDataset(Dataset):
         self.samples = samples
         self.seed = seed
         self.epoch = 0
-        self.stats: Counter = Counter()
-        self._lengths: dict[str, int] = {}
-        self.backend = FrameFolderBackend(cfg.frame_file_template) if cfg.layout == "frames" else \
-            get_backend(cfg.backend)
+        self.stats: Counter = Counter()  # this process's counts; workers report theirs through the samples
+        self._info: dict[str, tuple[int, float]] = {}
+        self.video_backend = get_backend(cfg.backend)
+        self.frame_backend = FrameFolderBackend(cfg.frame_file_template if cfg.layout == "frames" else None)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -139,64 +157,81 @@ class VideoDataset(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
-        failures = 0
+        skipped: list[str] = []
         current = index
         while True:
             try:
-                return self._load(current, index)
+                item = self._load(current, index)
+                item["skipped"] = skipped
+                return item
             except VideoReadError as err:
-                failures += 1
+                if self.cfg.on_bad_video == "raise":
+                    raise
+                skipped.append(str(err))
                 self.stats["unreadable"] += 1
-                if failures > self.cfg.max_failures:
-                    raise VideoReadError(f"{failures} unreadable videos in a row, the last: {err}") from err
-                current = (index + failures) % len(self.samples)  # deterministic replacement: the next ones
-                log.warning("skipping unreadable video (%s); using sample %d instead", err, current)
+                if len(skipped) > self.cfg.max_failures:
+                    raise VideoReadError(f"{len(skipped)} unreadable videos in a row; the last: {err}") from err
+                rng = np.random.default_rng((self.seed, self.epoch, index, len(skipped)))
+                current = (current + 1 + int(rng.integers(len(self) - 1))) % len(self) if len(self) > 1 else current
+                log.warning("unreadable video (%s); sample %d is replaced by sample %d", err, index, current)
 
-    def _length(self, sample: Sample) -> int:
+    def _backend(self, path: str):
+        return self.frame_backend if os.path.isdir(path) else self.video_backend
+
+    def _span(self, sample: Sample) -> tuple[int, int]:
+        """(first frame, number of frames) of the action."""
         if sample.stop_frame is not None:
-            return sample.stop_frame - sample.start_frame + 1
-        if sample.path not in self._lengths:
-            self._lengths[sample.path] = video_info(sample.path, self.backend).num_frames - sample.start_frame
-        return self._lengths[sample.path]
+            return sample.start_frame, sample.stop_frame - sample.start_frame + 1
+        if sample.path not in self._info:
+            info = video_info(sample.path, self._backend(sample.path))
+            self._info[sample.path] = (info.num_frames, info.fps)
+        total, fps = self._info[sample.path]
+        if sample.start_sec is None:
+            return sample.start_frame, total - sample.start_frame
+        start = min(round(sample.start_sec * fps), total - 1)
+        stop = min(math.ceil(sample.stop_sec * fps), total)  # exclusive
+        return start, max(stop - start, 1)
 
-    def _indices(self, length: int, rng, view: int, views: int) -> list[int]:
+    def _indices(self, length: int, rng, view: int, views: int) -> tuple[list[int], bool]:
         cfg = self.cfg
         if cfg.sampling == "segment":
-            idx, padded = segment_indices(length, cfg.num_frames, self.train, rng, view, views)
-        else:
-            idx, padded = dense_indices(length, cfg.num_frames, cfg.frame_stride, self.train, rng, view, views)
-        if padded:
-            self.stats["padded_clips"] += 1
-        return idx
+            idx, _ = segment_indices(length, cfg.num_frames, self.train, rng, view, views)
+            return idx, length < cfg.num_frames
+        idx, padded = dense_indices(length, cfg.num_frames, cfg.frame_stride, self.train, rng, view, views)
+        return idx, padded > 0
 
     def _load(self, index: int, position: int) -> dict:
         cfg, sample = self.cfg, self.samples[index]
         rng = np.random.default_rng((self.seed, self.epoch, position))
-        length = self._length(sample)
+        start, length = self._span(sample)
         if length < 1:
             raise VideoReadError(f"{sample.path}: the action has no frames")
         views = 1 if self.train else cfg.test_clips
         per_view = [self._indices(length, rng, v, views) for v in range(views)]
-        flat = [sample.start_frame + i for idx in per_view for i in idx]
-        frames = torch.from_numpy(self.backend.read(sample.path, flat))  # (views*2T, H, W, 3)
-        frames = frames.view(views, cfg.num_frames, *frames.shape[1:])
+        short = any(s for _, s in per_view)
+        if short:
+            self.stats["short_clips"] += 1
+        flat = [start + i for idx, _ in per_view for i in idx]
+        frames = read_frames(sample.path, flat, self._backend(sample.path))  # (V*2T, H, W, 3)
+        frames = frames.view(views, cfg.num_frames, *frames.shape[1:])  # (V, 2T, H, W, 3)
         if self.train:
             clips = []
             for _ in range(cfg.num_sample):
                 top, left, h, w = random_resized_crop_box(*frames.shape[2:4], cfg.scale, cfg.ratio, rng)
-                crop = frames[0, :, top:top + h, left:left + w]
-                clips.append(_resize(crop, (cfg.input_size, cfg.input_size)))
-            video = clips[0] if cfg.num_sample == 1 else torch.stack(clips)
+                crop = frames[0, :, top:top + h, left:left + w]  # (2T, h, w, 3)
+                clips.append(_resize(crop, (cfg.input_size, cfg.input_size)))  # (3, 2T, S, S)
+            video = clips[0] if cfg.num_sample == 1 else torch.stack(clips)  # (3, 2T, S, S) or (N, 3, 2T, S, S)
         else:
             video = torch.stack([c for v in range(views)
                                  for c in test_crops(frames[v], cfg.short_side, cfg.input_size, cfg.test_crops)])
-        return {"video": video, "labels": dict(sample.labels), "index": index, "id": sample.id,
+        return {"video": video, "labels": dict(sample.labels), "index": index, "id": sample.id, "short": short,
                 "repeated": self.train and cfg.num_sample > 1}
 
 
 def collate(batch: list[dict]) -> dict:
     """Stack samples; repeated-augmentation samples (num_sample > 1) become consecutive batch rows.
-    Test samples keep their views: (B, V, 3, 2T, S, S)."""
+    Test samples keep their views: (B, V, 3, 2T, S, S). `skipped` lists the unreadable videos met
+    while building the batch and `short` counts its short clips, for the epoch's report."""
     videos, labels, ids, index = [], {}, [], []
     for item in batch:
         v = item["video"]
@@ -207,10 +242,13 @@ def collate(batch: list[dict]) -> dict:
         ids.extend([item["id"]] * repeats)
         index.extend([item["index"]] * repeats)
     return {"video": torch.cat(videos), "labels": {t: torch.tensor(y) for t, y in labels.items()},
-            "id": ids, "index": torch.tensor(index)}
+            "id": ids, "index": torch.tensor(index),
+            "skipped": [s for item in batch for s in item.get("skipped", [])],
+            "short": sum(bool(item.get("short")) for item in batch)}
 
 
 def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoDataset:
+    """The dataset of a split ("train", "val" or "test"); annotation errors are raised here."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     return VideoDataset(cfg, split, seed=seed)

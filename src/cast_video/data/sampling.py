@@ -1,7 +1,9 @@
 """Which frames make a clip: segment sampling (TSN; SSV2 and EK100) and dense sampling (K400).
 
 Indices are relative to the action's first frame. Both return `(indices, padded)`, where `padded`
-counts positions that repeat the last frame because the action is shorter than the clip.
+counts positions that repeat the last frame because the action is shorter than the dense window.
+Segment sampling of an action shorter than the clip repeats frames evenly instead (its segments are
+shorter than a frame), as the official code does; the dataset counts such clips as short.
 """
 
 from __future__ import annotations
@@ -33,6 +35,6 @@ def dense_indices(length: int, num_frames: int, stride: int, train: bool, rng: n
     if train:
         start = int(rng.integers(0, room + 1))
     else:
-        start = round(view * room / max(num_views - 1, 1)) if num_views > 1 else room // 2
+        start = view * room // (num_views - 1) if num_views > 1 else room // 2  # floored, as the official code
     idx = start + stride * np.arange(num_frames)
     return np.minimum(idx, length - 1).tolist(), int((idx > length - 1).sum())
