@@ -52,12 +52,13 @@ class DataConfig:
     # augmentation (on the batch, on the accelerator)
     flip: bool = True  # off for SSV2, where left and right are labels
     color_jitter: float = 0.4
-    rand_augment: str = "rand-m7-n4-mstd0.5"
-    random_erasing: float = 0.0
+    color_jitter_with_rand_augment: bool = False  # timm and the official code skip jitter under RandAugment
+    rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # the official CAST default; "" turns it off
+    random_erasing: float = 0.0  # the official scripts pass --reprob 0
     mixup: float = 0.8
     cutmix: float = 1.0
-    mix_prob: float = 1.0
-    switch_prob: float = 0.5
+    mix_prob: float = 0.9  # the official scripts' --mixup_prob
+    switch_prob: float = 0.0  # the official scripts' --mixup_switch_prob: mixup only, never cutmix
     label_smoothing: float = 0.1
     norm: str = "imagenet"  # "imagenet" (what the official weights expect) or "clip"; mean/std override it
     mean: tuple[float, float, float] | None = None

@@ -95,9 +95,7 @@ class PyAVBackend:
             try:
                 count = None if exact or claimed <= 0 else self._count_from(container, stream, fps, claimed - 1)
                 if count is None:
-                    container.seek(0, stream=stream, backward=True, any_frame=False)
-                    count = sum(1 for _ in container.decode(stream))
-                    self.frames_decoded += count
+                    count = self._count_all(container, stream)
             except _DECODE_ERRORS as err:
                 raise VideoReadError(f"{path}: decoding failed while counting frames: {err}") from err
         if count == 0:
@@ -105,23 +103,38 @@ class PyAVBackend:
         return VideoInfo(count, fps, height, width)
 
     def _count_from(self, container, stream, fps: float, last: int) -> int | None:
-        """Decode from the keyframe before frame `last` to the end: the count, or None if nothing
-        could be decoded there (truncated before it) or frames lack timestamps."""
+        """Decode from the keyframe before frame `last` to the end (a decoding error, as at the cut of
+        a truncated file, is the end): the count, or None if nothing could be decoded there or frames
+        lack timestamps."""
         self._seek(container, stream, fps, last)
         final = None
         try:
             for frame in container.decode(stream):
                 self.frames_decoded += 1
                 final = _frame_index(frame, stream, fps)
-        except (_NoTimestamps, av.FFmpegError, EOFError):
+        except _NoTimestamps:
             return None
+        except (av.FFmpegError, EOFError):
+            pass
         return None if final is None else final + 1
+
+    def _count_all(self, container, stream) -> int:
+        """Frames decodable from the start, up to the end or the first decoding error."""
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+        count = 0
+        try:
+            for _ in container.decode(stream):
+                count += 1
+        except (av.FFmpegError, EOFError):
+            pass
+        self.frames_decoded += count
+        return count
 
     @staticmethod
     def _seek(container, stream, fps: float, index: int) -> None:
-        """To the keyframe at or before frame `index`: the target is half a frame before its time, so
-        rounding can never land on a later keyframe."""
-        target = (stream.start_time or 0) + int(max(index - 0.5, 0) / fps / stream.time_base)
+        """To the keyframe at or before frame `index`'s timestamp (a seek that still lands past it is
+        caught by `read`, which then decodes from the start)."""
+        target = (stream.start_time or 0) + round(index / fps / stream.time_base)
         container.seek(target, stream=stream, backward=True, any_frame=False)
 
     def read(self, path: str, indices: list[int]) -> np.ndarray:

@@ -1,0 +1,43 @@
+"""Which frames a clip takes: segment sampling (SSV2, EK100) and dense sampling (K400), by hand."""
+
+import numpy as np
+import pytest
+
+from cast_video.data.sampling import dense_indices, segment_indices
+
+
+def test_segment_sampling_training_takes_one_frame_per_segment():
+    rng = np.random.default_rng(0)
+    draws = [segment_indices(160, 16, True, rng)[0] for _ in range(50)]
+    for idx in draws:
+        assert all(10 * k <= i < 10 * (k + 1) for k, i in enumerate(idx))
+    assert len({tuple(d) for d in draws}) == 50  # random, not a fixed pattern
+    assert len({d[0] for d in draws}) == 10  # every frame of a segment gets drawn
+
+
+@pytest.mark.parametrize("views", [1, 2, 3, 5])
+def test_segment_sampling_test_views_spread_inside_each_segment(views):
+    for v in range(views):
+        idx, padded = segment_indices(160, 16, False, view=v, num_views=views)
+        assert padded == 0 and idx == [10 * k + (10 * v) // views for k in range(16)]
+    assert segment_indices(160, 16, False, view=1, num_views=2)[0] == list(range(5, 160, 10))  # centres
+
+
+def test_segment_sampling_of_short_actions_repeats_frames_evenly():
+    idx, _ = segment_indices(5, 16, False)
+    assert idx == [k * 5 // 16 for k in range(16)] and max(idx) == 4
+
+
+def test_dense_sampling_windows_and_padding():
+    rng = np.random.default_rng(0)
+    starts = set()
+    for _ in range(100):
+        idx, padded = dense_indices(100, 16, 4, True, rng)
+        assert padded == 0 and np.all(np.diff(idx) == 4) and 0 <= idx[0] and idx[-1] < 100
+        starts.add(idx[0])
+    assert min(starts) == 0 and max(starts) == 39 and len(starts) > 25  # 100 - 61 = 39 frames of room
+    views = [dense_indices(100, 16, 4, False, view=v, num_views=3)[0][0] for v in range(3)]
+    assert views == [0, 19, 39]  # evenly spaced over the room, floored as the official code
+    assert dense_indices(100, 16, 4, False)[0][0] == 19  # one view: the centre window
+    idx, padded = dense_indices(30, 16, 4, False)
+    assert padded == 8 and idx == [0, 4, 8, 12, 16, 20, 24, 28] + [29] * 8  # the last frame repeated
