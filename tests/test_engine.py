@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from test_data import write_video
+from conftest import write_count_video as write_video
 
 from cast_video.cli import main
 from cast_video.config_utils import ConfigError, load_yaml, to_dict
@@ -223,3 +223,14 @@ def test_predict_a_video_a_folder_and_a_timeline(tmp_path, ek_data, capsys):
     # 40 frames at 30 fps: windows of round(0.5 * 30) = 15 frames every round(7.5) = 8 frames
     assert [row["start_s"] for row in timeline] == pytest.approx([0 / 30, 8 / 30, 16 / 30, 24 / 30], abs=1e-3)
     assert all(row["end_s"] - row["start_s"] == pytest.approx(0.5, abs=0.01) for row in timeline)
+
+
+def test_a_missing_video_is_replaced_and_reported(tmp_path, ek_data, capsys):
+    rows = (ek_data / "train.csv").read_text().splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(rows + ["P01_09_0,P01,P01_09,1,20,0,0"]) + "\n")  # no P01_09.MP4
+    cfg = tiny_config(ek_data, tmp_path / "run", **{"optim.epochs": 1, "data.train": str(tmp_path / "train.csv"),
+                                                     "optim.batch_size": 3})
+    train(cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert sum(r.get("data/unreadable", 0) for r in records) >= 1
+    assert "P01_09.MP4" in capsys.readouterr().out

@@ -150,7 +150,10 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{o.epochs}", disable=not (progress and info.main),
                        total=len(loader), dynamic_ncols=True)
             seen, tic = 0, time.perf_counter()
+            skipped, short = [], 0  # what the data layer replaced or padded, reported at the end of the epoch
             for batch_index, batch in enumerate(bar, start=start_batch):
+                skipped += batch.get("skipped", [])
+                short += batch.get("short", 0)
                 micro = epoch * sampler.num_batches + batch_index
                 video = batch["video"].to(device, non_blocking=True)
                 labels = {t: y.to(device) for t, y in batch["labels"].items()}
@@ -187,6 +190,11 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
                 if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                     return {"stopped_at_step": step}
             start_batch = 0
+            if info.main and (skipped or short):
+                for reason in skipped:
+                    print(f"epoch {epoch + 1}: replaced an unreadable video: {reason}")
+                _log(log_file, writer, {"step": step, "epoch": epoch + 1, "data/unreadable": len(skipped),
+                                        "data/short_clips": short})
             is_last = epoch + 1 == o.epochs
             if (cfg.data.val or "val" in datasets) and ((epoch + 1) % cfg.eval_every_epochs == 0 or is_last):
                 metrics, _ = evaluate(model, cfg, "val", device, info, progress=progress, dataset=datasets.get("val"))
