@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -101,8 +102,7 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
     micro_batch = cfg.optim.batch_size
     sampler = ResumableSampler(len(train_set), micro_batch, info, seed=cfg.seed)
     loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda")
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     runner = DistributedDataParallel(model, device_ids=[info.local_rank] if device.type == "cuda" else None) \
@@ -126,15 +126,16 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
         model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        rng = state["rng"]  # one state per process (drop path and dropout draw differently on each)
+        set_rng_state(rng[info.rank] if len(rng) == info.world else rng[0])
         step, start_epoch, start_batch = state["step"], state["epoch"], state["batch"]
         best, history = state["best"], state["history"]
         if info.main:
             print(f"resumed from {resume_from} at epoch {start_epoch}, step {step}")
 
-    def snapshot(epoch: int, batch: int) -> dict:
+    def snapshot(epoch: int, batch: int, rng: list[dict]) -> dict:
         return {"model": {n: p.detach().cpu() for n, p in model.trainable_parameters()},
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng_state(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
                 "step": step, "epoch": epoch, "batch": batch, "best": best, "history": history,
                 "config": to_dict(cfg)}
 
@@ -163,8 +164,12 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
                 with sync, autocast(cfg.precision, device):
                     outputs = as_dict(runner(x), list(heads))
                     loss = sum(soft_cross_entropy(outputs[t], targets[t]) for t in heads)
-                if not torch.isfinite(loss):
-                    ckpt.save(snapshot(epoch, batch_index - batch_index % o.update_freq), step)
+                bad = (~torch.isfinite(loss.detach())).float()
+                if info.world > 1:  # every process stops together, none waits in an all-reduce
+                    dist.all_reduce(bad)
+                if bad.item():
+                    if info.main:
+                        ckpt.save(snapshot(epoch, batch_index - batch_index % o.update_freq, [rng_state()]), step)
                     raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch}, step {step}; the last good "
                                         f"state is in {ckpt.dir / 'last.pt'}")
                 scaler.scale(loss / o.update_freq).backward()
@@ -185,8 +190,10 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
                 if info.main and step % cfg.log_every_steps == 0:
                     _log(log_file, writer, {"step": step, "epoch": epoch, "loss": loss.item(), "lr": lr,
                                             "clips_per_s": rate})
-                if cfg.save_every_steps and step % cfg.save_every_steps == 0 and info.main:
-                    ckpt.save(snapshot(epoch, batch_index + 1), step)
+                if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+                    rng = gather_objects(rng_state(), info)  # every process takes part
+                    if info.main:
+                        ckpt.save(snapshot(epoch, batch_index + 1, rng), step)
                 if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                     return {"stopped_at_step": step}
             start_batch = 0
@@ -207,8 +214,9 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
                                                                                  metrics.items()}})
             else:
                 improved = False
+            rng = gather_objects(rng_state(), info)
             if info.main:
-                ckpt.save(snapshot(epoch + 1, 0), step, best=improved)
+                ckpt.save(snapshot(epoch + 1, 0, rng), step, best=improved)
     finally:
         if log_file:
             log_file.close()
