@@ -234,3 +234,15 @@ def test_a_missing_video_is_replaced_and_reported(tmp_path, ek_data, capsys):
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert sum(r.get("data/unreadable", 0) for r in records) >= 1
     assert "P01_09.MP4" in capsys.readouterr().out
+
+
+def test_data_check_lists_counts_and_bad_files(tmp_path, ek_data, capsys):
+    rows = (ek_data / "train.csv").read_text().splitlines()
+    (tmp_path / "train.csv").write_text("\n".join(rows + ["P01_09_0,P01,P01_09,1,20,0,0"]) + "\n")  # no P01_09.MP4
+    cfg = tiny_config(ek_data, tmp_path / "run", **{"data.train": str(tmp_path / "train.csv")})
+    config = _write_yaml(tmp_path / "run.yaml", to_dict(cfg))
+    assert main(["data", "check", str(config), "--workers", "0", "--no-progress"]) == 1
+    out = capsys.readouterr().out
+    assert "9 samples in train, 1 unreadable" in out and "P01_09.MP4" in out
+    verbs = [int(r.split(",")[-2]) for r in rows[1:]] + [0]
+    assert f"{0:>5} {'':<30} {verbs.count(0):>7}" in out

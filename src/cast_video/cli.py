@@ -15,7 +15,7 @@ from .config_utils import ConfigError
 from .data import AnnotationError, VideoReadError
 from .weights import WeightsError
 
-COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark"]
+COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark", "data"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,7 @@ class OptimConfig:
     batch_size: int = 6  # per process
     update_freq: int = 1  # gradient accumulation
     clip_grad: float | None = None
+    recipe_total_batch: int = 0  # the total batch a recipe was tuned at (warns when run at another); 0: none
 
 
 @dataclass

@@ -102,7 +102,8 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
     micro_batch = cfg.optim.batch_size
     sampler = ResumableSampler(len(train_set), micro_batch, info, seed=cfg.seed)
     loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda")
+                        collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda",
+                        persistent_workers=cfg.num_workers > 0)
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     runner = DistributedDataParallel(model, device_ids=[info.local_rank] if device.type == "cuda" else None) \
@@ -117,6 +118,14 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
         raise ValueError(f"update_freq {o.update_freq} exceeds the {sampler.num_batches} batches of an epoch")
     total_steps = o.epochs * steps_per_epoch
     warmup_steps = round(o.warmup_epochs * steps_per_epoch)
+    total_batch = micro_batch * info.world * o.update_freq
+    if info.main:
+        print(f"total batch {total_batch} = {micro_batch} per process x {info.world} processes x {o.update_freq} "
+              f"accumulated; peak lr {o.base_lr * scale:.3g} (base {o.base_lr:g} x {total_batch}/256); "
+              f"{steps_per_epoch} steps per epoch")
+        if o.recipe_total_batch and o.recipe_total_batch != total_batch:
+            print(f"warning: this recipe was tuned at total batch {o.recipe_total_batch}, not {total_batch}; "
+                  "the lr is scaled linearly, but results can differ (set optim.update_freq to match)")
 
     ckpt = CheckpointManager(out_dir, cfg.keep_last)
     step, start_epoch, start_batch, best, history = 0, 0, 0, -math.inf, []
