@@ -1,26 +1,53 @@
 """Speed and memory of a preset: clips/s, ms/step, peak memory, GMACs per view and, on a GPU, MFU.
 
-One configuration per process: the peak resident memory on a CPU (`ru_maxrss`) is a per-process
-high-water mark, so the command line measures one setting per run and the matrix script
-(`benchmarks/run_matrix.py`) starts a fresh process for each row.
+`measure` times any module on any input (so the same harness can time another implementation
+of CAST); `run_benchmark` builds a preset and calls it.
+
+Peak memory is the peak of the measured run only, not of the whole process:
+- CUDA: `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats` (tensors only; the
+  caching allocator's reserve and the CUDA context are not counted).
+- CPU: the kernel's resident-set high-water mark (VmHWM), reset through `/proc/self/clear_refs`
+  just before the warm-up, so building the model does not count but its weights (resident
+  throughout) do. Without that file (not Linux) it falls back to `ru_maxrss`, the peak of the whole
+  process, and says so in `memory_kind`.
 """
 
 from __future__ import annotations
 
+import gc
 import platform
 import resource
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from .models import CAST, preset_config
+from .models.cast import CASTConfig
 from .models.counting import count_gmacs
 
-# Dense bf16 tensor-core peaks (TFLOP/s) from the vendors' data sheets, for MFU.
-BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, for MFU.
+# Matched against torch.cuda.get_device_name in order, so the more specific names come first.
+BF16_PEAK_TFLOPS = [
+    ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("B200", 2250.0),
+    ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0), ("4090", 165.2),
+]
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+MODES = ("infer", "train")
+ATTENTIONS = ("sdpa", "math")
+
+
+@dataclass
+class Measurement:
+    ms_per_step: float
+    peak_memory_gb: float
+    memory_kind: str
 
 
 @dataclass
@@ -39,72 +66,178 @@ class BenchResult:
     peak_memory_gb: float
     memory_kind: str
     gmacs_per_view: float
+    gflops_per_step: float
     mfu: float | None
     peak_tflops: float | None
     torch_version: str
 
 
+def bf16_peak_tflops(gpu_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named as `torch.cuda.get_device_name` names it; None if unlisted."""
+    return next((tflops for key, tflops in BF16_PEAK_TFLOPS if key in gpu_name), None)
+
+
 def device_peak_tflops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    return bf16_peak_tflops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+class PeakMemory:
+    """Peak memory between `start()` and `read()`, in GB (2**30 bytes); see the module docstring."""
+
+    CLEAR_REFS = Path("/proc/self/clear_refs")
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.kind = "cuda max allocated"
+        if device.type != "cuda":
+            self.kind = "peak RSS of this run (VmHWM reset)" if self.CLEAR_REFS.exists() else "peak RSS of the process"
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.CLEAR_REFS.exists():
+            self.CLEAR_REFS.write_text("5")  # 5: reset the peak RSS to the current RSS (Linux >= 4.0)
+
+    def read(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        if self.CLEAR_REFS.exists():
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB -> GB
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
+        return kb / (2**30 if platform.system() == "Darwin" else 2**20)
+
+
+def logits_loss(out) -> torch.Tensor:
+    """A stand-in loss over every output (tensor, tuple or dict of logits): logsumexp costs what
+    cross-entropy costs and needs no labels."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    elif isinstance(out, torch.Tensor):
+        out = [out]
+    return sum(x.float().logsumexp(-1).mean() for x in out)
+
+
+def measure(model: nn.Module, inputs: torch.Tensor, mode: str = "infer",
+            params: Iterable[nn.Parameter] | None = None, precision: str = "fp32", attention: str = "sdpa",
+            steps: int = 3, warmup: int = 1, loss_fn: Callable = logits_loss) -> Measurement:
+    """`warmup` untimed steps, then the mean time of `steps` timed ones, and the peak memory of both.
+
+    infer: a forward under no_grad in eval mode. train: forward, backward and an AdamW step over
+    `params` (the trainable parameters; frozen ones hold neither gradients nor optimizer state).
+    `attention="math"` forces PyTorch's reference attention (`SDPBackend.MATH`) for every
+    `scaled_dot_product_attention` call; modules that write attention out by hand are unaffected.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {tuple(DTYPES)}, got {precision!r}")
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    device = inputs.device
+    train = mode == "train"
+    model.train(train)
+    dtype = DTYPES[precision]
+    amp = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    params = list(params) if params is not None else list(model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-4) if train else None
+    # fp16 gradients underflow without loss scaling; the scaler's cost belongs in the measurement
+    scaler = torch.amp.GradScaler(device.type) if train and precision == "fp16" and device.type == "cuda" else None
+
+    def step() -> None:
+        with sdpa_kernel(SDPBackend.MATH) if attention == "math" else nullcontext():
+            if not train:
+                with torch.no_grad(), amp:
+                    model(inputs)
+                return
+            with amp:
+                loss = loss_fn(model(inputs))
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    peak = PeakMemory(device)
+    peak.start()
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = (time.perf_counter() - start) / steps
+    return Measurement(seconds * 1000, peak.read(), peak.kind)
+
+
+def count_step_gflops(config: CASTConfig, mode: str, batch: int) -> float:
+    """Model FLOPs of one step (forward, plus backward in train mode) on the meta device.
+
+    The backward of a frozen expert computes activation gradients but no weight gradients, so a
+    CAST training step is about 2x, not the usual 3x, its forward; counting it beats assuming it.
+    Recomputation by activation checkpointing is not counted (MFU counts the model's FLOPs).
+    """
+    with torch.device("meta"):
+        model = CAST(config).train(mode == "train")
+        video = torch.empty(batch, 3, config.num_frames, config.img_size, config.img_size)
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        if mode == "train":
+            logits_loss(model(video)).backward()
+        else:
+            with torch.no_grad():
+                model(video)
+    return counter.get_total_flops() / 1e9
 
 
 def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: str = "fp32", attention: str = "sdpa",
                   compile: bool = False, grad_checkpointing: bool = False, steps: int = 3, warmup: int = 1,
-                  device: str = "auto", overrides: dict | None = None) -> BenchResult:
-    """Warm-up steps, then `steps` timed ones. Train mode: forward, backward and an AdamW step over the
-    trainable parameters only (the frozen experts hold no gradients and no optimizer state)."""
+                  device: str = "auto", threads: int | None = None, peak_tflops: float | None = None,
+                  overrides: dict | None = None) -> BenchResult:
+    """Build `preset` (random weights: speed does not depend on their values) and measure it."""
+    if batch < 1:
+        raise ValueError(f"batch must be positive, got {batch}")
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    if threads is not None:
+        torch.set_num_threads(threads)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     cfg = preset_config(preset, overrides)
     torch.manual_seed(0)
     model = CAST(cfg).to(dev)
     model.grad_checkpointing = grad_checkpointing
-    model.train(mode == "train")
     runner = torch.compile(model) if compile else model
-    optimizer = torch.optim.AdamW([p for _, p in model.trainable_parameters()], lr=1e-4) if mode == "train" else None
     video = torch.randn(batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=dev)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    amp = torch.autocast(dev.type, dtype=dtype) if dtype else nullcontext()
-    kernel = sdpa_kernel(SDPBackend.MATH) if attention == "math" else nullcontext()
-
-    def step():
-        with kernel, amp, (nullcontext() if mode == "train" else torch.no_grad()):
-            out = runner(video)
-            if mode == "train":
-                logits = out.values() if isinstance(out, dict) else [out]
-                loss = sum(x.float().logsumexp(-1).mean() for x in logits)
-        if mode == "train":
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / steps
-    if dev.type == "cuda":
-        peak, kind = torch.cuda.max_memory_allocated() / 2**30, "cuda max allocated"
-    else:
-        peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "peak RSS of the process"
-    gmacs = count_gmacs(cfg)
-    peak_tflops = device_peak_tflops(dev)
-    # Training: the backward pass computes activation gradients through every layer (about one forward)
-    # but weight gradients only for the trainable ~20%, so a step is counted as 2 forwards, not 3.
-    flops_per_step = 2 * gmacs * 1e9 * batch * (2 if mode == "train" else 1)
-    mfu = flops_per_step / seconds / (peak_tflops * 1e12) if peak_tflops else None
-    return BenchResult(preset, mode, batch, precision, attention, compile, grad_checkpointing,
-                       torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-                       torch.get_num_threads(), round(seconds * 1000, 1), round(batch / seconds, 3), round(peak, 3),
-                       kind, round(gmacs, 2), round(mfu, 4) if mfu is not None else None, peak_tflops,
-                       torch.__version__)
+    params = [p for _, p in model.trainable_parameters()]
+    m = measure(runner, video, mode, params, precision, attention, steps, warmup)
+    gflops = count_step_gflops(cfg, mode, batch)
+    peak_tflops = peak_tflops or device_peak_tflops(dev)
+    mfu = gflops * 1e9 / (m.ms_per_step / 1000) / (peak_tflops * 1e12) if peak_tflops else None
+    return BenchResult(
+        preset, mode, batch, precision, attention, compile, grad_checkpointing, device_name(dev),
+        torch.get_num_threads(), round(m.ms_per_step, 1), round(batch * 1000 / m.ms_per_step, 4),
+        round(m.peak_memory_gb, 3), m.memory_kind, round(count_gmacs(cfg), 4), round(gflops, 3),
+        round(mfu, 4) if mfu is not None else None, peak_tflops, torch.__version__,
+    )

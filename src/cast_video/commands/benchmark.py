@@ -9,19 +9,24 @@ from ..models import PRESETS
 
 
 def register(sub) -> None:
-    p = sub.add_parser("benchmark", help="measure speed and memory of a preset")
+    p = sub.add_parser("benchmark", help="measure speed and memory of a preset",
+                       description="Warm-up steps, then timed steps, of a preset with random weights. "
+                                   "Measure one setting per process: see docs/benchmarks.md.")
     p.add_argument("preset", choices=sorted(PRESETS))
-    p.add_argument("--mode", choices=["infer", "train"], default="infer")
+    p.add_argument("--mode", choices=["infer", "train"], default="infer",
+                   help="train: forward, backward and an AdamW step over the trainable parameters")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--attention", choices=["sdpa", "math"], default="sdpa",
                    help="sdpa: the fastest kernel PyTorch has for the device; math: the reference path")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--steps", type=int, default=3, help="timed steps")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--peak-tflops", type=float, help="the device's bf16 peak for MFU, if it is not in the table")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.set_defaults(func=run)
 
 
@@ -29,15 +34,18 @@ def run(args) -> int:
     from ..benchmark import run_benchmark
 
     r = run_benchmark(args.preset, args.mode, args.batch, args.precision, args.attention, args.compile,
-                      args.grad_checkpointing, args.steps, args.warmup, args.device)
+                      args.grad_checkpointing, args.steps, args.warmup, args.device, args.threads, args.peak_tflops)
     if args.json:
         print(json.dumps(dataclasses.asdict(r)))
         return 0
     print(f"{r.preset} {r.mode}, batch {r.batch}, {r.precision}, attention {r.attention}"
           f"{', compiled' if r.compile else ''}{', grad checkpointing' if r.grad_checkpointing else ''}"
-          f" on {r.device} ({r.threads} threads)")
-    print(f"  {r.ms_per_step:.1f} ms/step, {r.clips_per_s:.2f} clips/s")
-    print(f"  peak memory {r.peak_memory_gb:.2f} GB ({r.memory_kind})")
-    print(f"  {r.gmacs_per_view:.4g} GMACs per view" + (f", MFU {100 * r.mfu:.1f}% of {r.peak_tflops:.0f} TFLOP/s"
-                                                          if r.mfu is not None else ""))
+          f" on {r.device} ({r.threads} threads), PyTorch {r.torch_version}")
+    print(f"  {r.ms_per_step:.1f} ms/step, {r.clips_per_s:.3f} clips/s")
+    print(f"  peak memory {r.peak_memory_gb:.3f} GB ({r.memory_kind})")
+    print(f"  {r.gmacs_per_view:.4g} GMACs per view, {r.gflops_per_step:.4g} GFLOPs per step")
+    if r.mfu is not None:
+        print(f"  MFU {100 * r.mfu:.1f}% of {r.peak_tflops:.0f} TFLOP/s (dense bf16 peak)")
+    else:
+        print("  MFU: n/a (no GPU with a known bf16 peak; pass --peak-tflops)")
     return 0
