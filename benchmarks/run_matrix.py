@@ -71,15 +71,16 @@ def run_row(command: list[str]) -> dict:
 
 
 def table(rows: list[tuple[str, dict]]) -> list[str]:
-    lines = ["| command | ms/step | clips/s | peak memory (GB) | GMACs/view | MFU |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| command | ms/step | clips/s | peak memory (GB) | GMACs/view | MFU | CPU busy |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for command, r in rows:
         if "error" in r:
-            lines.append(f"| `{command}` | failed: {r['error']} | | | | |")
+            lines.append(f"| `{command}` | failed: {r['error']} | | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f}" if r.get("mfu") is not None else "-"
         gmacs = f"{r['gmacs_per_view']:.4g}" if "gmacs_per_view" in r else "-"
         lines.append(f"| `{command}` | {r['ms_per_step']:.1f} | {r['clips_per_s']:.3f} | "
-                     f"{r['peak_memory_gb']:.2f} | {gmacs} | {mfu} |")
+                     f"{r['peak_memory_gb']:.2f} | {gmacs} | {mfu} | {r.get('cpu_busy', '-')} |")
     return lines
 
 
@@ -135,7 +136,8 @@ def main() -> None:
         f"- versions: PyTorch {torch.__version__}, Python {platform.python_version()}"
         f"{f', CUDA {torch.version.cuda}' if cuda else ''}",
         f"- peak memory: {first.get('memory_kind', '?')}; batch 1 and fp32 unless the command says otherwise; "
-        "each row in a fresh process", "",
+        "each row in a fresh process; CPU busy: process CPU time / (wall time x threads) over the timed "
+        "steps (well below 1: something else was running)", "",
         *table(results), "", "Against our default step of the same mode (same run):", "", *ratios(results),
     ]
     decode_script = ROOT / "benchmarks" / "bench_decode.py"

@@ -132,6 +132,7 @@ def test_benchmark_command_reports_every_figure(capsys):
     assert row["clips_per_s"] == pytest.approx(2000 / row["ms_per_step"], rel=0.01)
     assert row["gmacs_per_view"] == pytest.approx(count_gmacs(cfg), abs=1e-4)
     assert row["gflops_per_step"] == pytest.approx(count_step_gflops(cfg, "train", 2), abs=1e-3)
+    assert row["cpu_busy"] > 0
     assert row["peak_memory_gb"] > 0 and row["mfu"] is None and row["peak_tflops"] is None  # no GPU here
     # With a stated peak, MFU is the step's model FLOPs over time over that peak.
     assert main(["benchmark", "cast_tiny", "--steps", "1", "--warmup", "0", "--peak-tflops", "0.001",

@@ -48,6 +48,7 @@ class Measurement:
     ms_per_step: float
     peak_memory_gb: float
     memory_kind: str
+    cpu_busy: float  # process CPU time / (wall time x threads) of the timed steps; well below 1: contended
 
 
 @dataclass
@@ -65,6 +66,7 @@ class BenchResult:
     clips_per_s: float
     peak_memory_gb: float
     memory_kind: str
+    cpu_busy: float
     gmacs_per_view: float
     gflops_per_step: float
     mfu: float | None
@@ -183,13 +185,14 @@ def measure(model: nn.Module, inputs: torch.Tensor, mode: str = "infer",
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / steps
-    return Measurement(seconds * 1000, peak.read(), peak.kind)
+    wall = time.perf_counter() - start
+    busy = (time.process_time() - cpu_start) / wall / torch.get_num_threads()
+    return Measurement(wall * 1000 / steps, peak.read(), peak.kind, busy)
 
 
 def count_step_gflops(config: CASTConfig, mode: str, batch: int) -> float:
@@ -238,6 +241,6 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
     return BenchResult(
         preset, mode, batch, precision, attention, compile, grad_checkpointing, device_name(dev),
         torch.get_num_threads(), round(m.ms_per_step, 1), round(batch * 1000 / m.ms_per_step, 4),
-        round(m.peak_memory_gb, 3), m.memory_kind, round(count_gmacs(cfg), 4), round(gflops, 3),
+        round(m.peak_memory_gb, 3), m.memory_kind, round(m.cpu_busy, 2), round(count_gmacs(cfg), 4), round(gflops, 3),
         round(mfu, 4) if mfu is not None else None, peak_tflops, torch.__version__,
     )
