@@ -43,7 +43,7 @@ def run(args) -> int:
           f" on {r.device} ({r.threads} threads), PyTorch {r.torch_version}")
     print(f"  {r.ms_per_step:.1f} ms/step, {r.clips_per_s:.3f} clips/s")
     print(f"  peak memory {r.peak_memory_gb:.3f} GB ({r.memory_kind})")
-    if not r.device.startswith("NVIDIA"):
+    if r.memory_kind != "cuda max allocated":
         print(f"  CPU busy {r.cpu_busy:.2f} (CPU time / wall time / threads; well below 1: another process competed)")
     print(f"  {r.gmacs_per_view:.4g} GMACs per view, {r.gflops_per_step:.4g} GFLOPs per step")
     if r.mfu is not None:
