@@ -148,7 +148,7 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
                 "step": step, "epoch": epoch, "batch": batch, "best": best, "history": history,
                 "config": to_dict(cfg)}
 
-    log_file = open(out_dir / "log.jsonl", "a") if info.main else None  # noqa: SIM115 (closed below)
+    log_file = open(out_dir / "log.jsonl", "a") if info.main else None  # closed in the finally below
     writer = _tensorboard(out_dir) if info.main else None
     metrics: dict = {}
     try:
@@ -179,7 +179,7 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
                 if bad.item():
                     if info.main:
                         ckpt.save(snapshot(epoch, batch_index - batch_index % o.update_freq, [rng_state()]), step)
-                    raise NonFiniteLoss(f"loss is {loss.item()} at epoch {epoch}, step {step}; the last good "
+                    raise NonFiniteLoss(f"loss is {loss.item()} in epoch {epoch + 1}, step {step}; the last good "
                                         f"state is in {ckpt.dir / 'last.pt'}")
                 scaler.scale(loss / o.update_freq).backward()
                 seen += video.shape[0] * info.world
@@ -206,6 +206,8 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
                 if cfg.stop_after_steps and step >= cfg.stop_after_steps:
                     return {"stopped_at_step": step}
             start_batch = 0
+            reports = gather_objects((skipped, short), info)  # each process met its own share of the data
+            skipped, short = [r for part, _ in reports for r in part], sum(n for _, n in reports)
             if info.main and (skipped or short):
                 for reason in skipped:
                     print(f"epoch {epoch + 1}: replaced an unreadable video: {reason}")
