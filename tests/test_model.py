@@ -98,6 +98,29 @@ def test_spatial_expert_sees_odd_frames_only():
     assert (c - d).abs().max() > 0
 
 
+def test_an_expert_with_its_own_pixel_statistics_sees_the_same_pixels():
+    from cast_video.models.experts import PIXEL_STATS
+
+    def normalise(pixels, name):
+        mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in PIXEL_STATS[name])
+        return (pixels - mean) / std
+
+    plain = tiny()
+    own = tiny(**{"spatial.norm": "clip"})  # input stays ImageNet-normalised (input_norm), CLIP converts it
+    own.load_state_dict(plain.state_dict())
+    pixels = torch.rand(2, 3, plain.config.num_frames, plain.config.img_size, plain.config.img_size)
+    with torch.no_grad():
+        xs, xt = own.forward_features(normalise(pixels, "imagenet"))
+        ref_s = plain.spatial.forward_tokens(normalise(pixels, "clip"), joint_time=False)[-1]
+        ref_t = plain.temporal.forward_tokens(normalise(pixels, "imagenet"), joint_time=True)[-1]
+        unconverted = plain.spatial.forward_tokens(normalise(pixels, "imagenet"), joint_time=False)[-1]
+    torch.testing.assert_close(xs, ref_s, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xt, ref_t, rtol=0, atol=1e-6)
+    assert (unconverted - ref_s).abs().max() > 1e-3  # the two statistics really differ
+    with pytest.raises(ValueError, match="expert norm must be one of"):
+        tiny(**{"spatial.norm": "bgr"})
+
+
 def _window_probe(window: str, q_pos: tuple[int, int], kv_pos: tuple[int, int]) -> float:
     torch.manual_seed(0)
     attn = WindowCrossAttention(16, 2, window, num_steps=4, num_patches=6, pos_embed=True)

@@ -8,13 +8,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from ..models.experts import PIXEL_STATS
+
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 FORMATS = ("epic_csv", "cast_epic", "k400_csv", "ssv2_json", "list", "generic", "unlabeled")
 
 
@@ -74,8 +71,8 @@ class DataConfig:
             raise ValueError(f"sampling must be 'segment' or 'dense', got {self.sampling!r}")
         if self.test_crops not in (1, 3):
             raise ValueError(f"test_crops must be 1 or 3, got {self.test_crops}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {self.norm!r}")
+        if self.norm not in PIXEL_STATS:
+            raise ValueError(f"norm must be one of {tuple(PIXEL_STATS)}, got {self.norm!r}")
         if self.on_bad_video not in ("skip", "raise"):
             raise ValueError(f"on_bad_video must be 'skip' or 'raise', got {self.on_bad_video!r}")
         if self.layout not in ("video", "frames"):
@@ -88,5 +85,5 @@ class DataConfig:
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """(mean, std): `mean` / `std` when given, else those of the `norm` preset. Resolved on use, not
         stored, so that overriding `norm` on a loaded config still takes effect."""
-        mean, std = NORMS[self.norm]
+        mean, std = PIXEL_STATS[self.norm]
         return tuple(self.mean or mean), tuple(self.std or std)

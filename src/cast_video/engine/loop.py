@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config_utils import to_dict
+from ..config_utils import ConfigError, to_dict
 from ..data import build_dataset, build_gpu_augment, collate
 from ..models import CAST, preset_config
 from .checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
@@ -43,7 +43,17 @@ def pick_device(name: str) -> torch.device:
 
 def build_model(cfg: TrainConfig) -> CAST:
     torch.manual_seed(cfg.seed)  # identical fresh weights on every rank
-    model = CAST(preset_config(cfg.model.preset, cfg.model.overrides, ablation=cfg.model.ablation))
+    # The model records how its input is normalised (data.norm), so an expert with its own statistics can
+    # convert exactly and `predict` normalises a saved model's input the same way.
+    overrides = {"input_norm": cfg.data.norm, **cfg.model.overrides}
+    config = preset_config(cfg.model.preset, overrides, ablation=cfg.model.ablation)
+    if config.input_norm != cfg.data.norm:
+        raise ConfigError(f"model.overrides.input_norm is {config.input_norm!r} but data.norm is {cfg.data.norm!r}; "
+                          "leave input_norm out, it follows data.norm")
+    if (cfg.data.mean or cfg.data.std) and (config.spatial.norm or config.temporal.norm):
+        raise ConfigError("data.mean / data.std are custom, so an expert's own `norm` has no known input statistics "
+                          "to convert from; use data.norm instead")
+    model = CAST(config)
     if cfg.weights.spatial or cfg.weights.temporal:
         model.load_experts(spatial=cfg.weights.spatial or None, temporal=cfg.weights.temporal or None,
                            trusted=cfg.weights.trusted)

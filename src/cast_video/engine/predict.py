@@ -37,7 +37,7 @@ class Predictor:
         self.model = model.to(device).eval()
         self.names = class_names or {}
         self.data = DataConfig(num_frames=cfg.num_frames, input_size=cfg.img_size, short_side=cfg.img_size,
-                               test_clips=clips, test_crops=crops)
+                               test_clips=clips, test_crops=crops, norm=cfg.input_norm)
         self.heads = [h.name for h in cfg.heads]
         self.augment = build_gpu_augment(self.data, {h.name: h.num_classes for h in cfg.heads}).to(device).eval()
         self.device, self.precision, self.batch_size = torch.device(device), precision, batch_size

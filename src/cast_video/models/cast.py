@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .bcast import CrossExchange, LateralExchange
-from .experts import ExpertBlock, ExpertConfig, ViTExpert
+from .experts import PIXEL_STATS, ExpertBlock, ExpertConfig, ViTExpert
 from .layers import Adapter, DropPath, trunc_normal_init, zero_init
 
 EXCHANGES = ("bcast", "xattn", "xattn_adapter", "lateral", "none")
@@ -48,6 +48,7 @@ class CASTConfig:
     heads: list[HeadConfig] = field(default_factory=lambda: [HeadConfig("action", 400, "fused")])
     num_frames: int = 16  # 2T input frames
     img_size: int = 224
+    input_norm: str = "imagenet"  # pixel statistics of the input clip; an expert with its own `norm` converts
     # Exchange between the experts in each block (Table 1(b), 1(c)).
     exchange: str = "bcast"
     bcast_ratio: float = 0.5  # bottleneck width / narrower expert width (Table 1(d))
@@ -74,6 +75,8 @@ class CASTConfig:
             raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
         if self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
+        if self.input_norm not in PIXEL_STATS:
+            raise ValueError(f"input_norm must be one of {tuple(PIXEL_STATS)}, got {self.input_norm!r}")
         if self.spatial.depth != self.temporal.depth:
             raise ValueError(
                 f"the experts must have the same depth, got {self.spatial.depth} and {self.temporal.depth}"
@@ -179,8 +182,8 @@ class CAST(nn.Module):
         self.grad_checkpointing = False  # activation checkpointing per block, a speed-for-memory trade
         # {role: {"source": path or hub id, "format": name}}: where load_experts took each expert from
         self.expert_sources: dict[str, dict[str, str]] = {}
-        self.spatial = ViTExpert(cfg.spatial, cfg.num_frames, cfg.img_size)
-        self.temporal = ViTExpert(cfg.temporal, cfg.num_frames, cfg.img_size)
+        self.spatial = ViTExpert(cfg.spatial, cfg.num_frames, cfg.img_size, cfg.input_norm)
+        self.temporal = ViTExpert(cfg.temporal, cfg.num_frames, cfg.img_size, cfg.input_norm)
         steps, patches = self.spatial.num_steps, self.spatial.num_patches
         rates = [cfg.drop_path * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear decay rule
         self.blocks = nn.ModuleList(CASTBlock(cfg, i, rates[i], steps, patches) for i in range(cfg.depth))

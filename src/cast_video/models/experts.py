@@ -19,6 +19,14 @@ from .layers import Mlp, SelfAttention, sinusoid_table, trunc_normal_init
 
 ARCHS = ("clip", "videomae")
 
+# Pixel statistics that pretrained weights expect. The official CAST feeds both experts ImageNet's;
+# CLIP was trained with its own.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PIXEL_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
+
 
 @dataclass
 class ExpertConfig:
@@ -37,10 +45,13 @@ class ExpertConfig:
     mlp_ratio: float = 4.0
     patch_size: int = 16
     tubelet_size: int = 2
+    norm: str | None = None  # pixel statistics this expert expects (PIXEL_STATS); None: the model's input_norm
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"expert arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.norm is not None and self.norm not in PIXEL_STATS:
+            raise ValueError(f"expert norm must be one of {tuple(PIXEL_STATS)} or null, got {self.norm!r}")
 
     @property
     def has_class_token(self) -> bool:
@@ -81,7 +92,7 @@ class ViTExpert(nn.Module):
     (applied to the mean of all tokens), the pooling the official CAST model uses for each.
     """
 
-    def __init__(self, cfg: ExpertConfig, num_frames: int, img_size: int):
+    def __init__(self, cfg: ExpertConfig, num_frames: int, img_size: int, input_norm: str = "imagenet"):
         super().__init__()
         if img_size % cfg.patch_size:
             raise ValueError(f"image size {img_size} is not divisible by patch size {cfg.patch_size}")
@@ -107,6 +118,13 @@ class ViTExpert(nn.Module):
             self.register_buffer("pos_embed", table, persistent=False)
         self.blocks = nn.ModuleList(ExpertBlock(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d, eps=cfg.ln_eps)
+        self.renorm = cfg.norm is not None and cfg.norm != input_norm
+        if self.renorm:
+            # x normalised with (m_in, s_in) -> (x * s_in + m_in - m) / s: the same pixels under this
+            # expert's own statistics (m, s), exactly, with one multiply-add per value.
+            (m_in, s_in), (m, s) = (torch.tensor(PIXEL_STATS[n]).view(2, 3, 1, 1, 1) for n in (input_norm, cfg.norm))
+            self.register_buffer("pixel_scale", s_in / s, persistent=False)  # (3, 1, 1, 1)
+            self.register_buffer("pixel_shift", (m_in - m) / s, persistent=False)
         self.init_weights()
 
     @property
@@ -127,6 +145,8 @@ class ViTExpert(nn.Module):
     def embed(self, video: torch.Tensor) -> torch.Tensor:
         """(B, 3, 2T, H, W) normalised video -> tokens (B, T, L, D)."""
         b = video.shape[0]
+        if self.renorm:
+            video = video * self.pixel_scale.to(video.dtype) + self.pixel_shift.to(video.dtype)  # (B, 3, 2T, H, W)
         if self.cfg.arch == "clip":
             frames = rearrange(video[:, :, 1::2], "b c t h w -> (b t) c h w")  # (B*T, 3, H, W)
             x = rearrange(self.patch_embed(frames), "bt d h w -> bt (h w) d")  # (B*T, N, D)
