@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/cast-video demo
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
