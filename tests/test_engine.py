@@ -124,12 +124,33 @@ def trainable_state(out: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(out / "checkpoints" / "last.pt")["model"]
 
 
-def test_interrupted_run_resumes_exactly(tmp_path, ek_data):
+KILLED_RUN = """
+import os, signal, sys
+import torch
+from cast_video.config_utils import load_yaml
+from cast_video.engine import TrainConfig, train
+
+update, updates = torch.optim.AdamW.step, []
+def step_then_die(self, *args, **kwargs):
+    updates.append(1)
+    if len(updates) == 8:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no finally: as a crash or a lost node
+    return update(self, *args, **kwargs)
+torch.optim.AdamW.step = step_then_die
+train(load_yaml(TrainConfig, sys.argv[1]), progress=False)
+"""
+
+
+def test_killed_run_resumes_exactly(tmp_path, ek_data):
     full = tmp_path / "full"
     train(tiny_config(ek_data, full), progress=False)
     part = tmp_path / "part"
-    assert train(tiny_config(ek_data, part, stop_after_steps=5), progress=False) == {"stopped_at_step": 5}
-    assert load_checkpoint(part / "checkpoints" / "last.pt")["step"] == 4  # the crash lost step 5
+    config = _write_yaml(tmp_path / "part.yaml", to_dict(tiny_config(ek_data, part)))
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(config)], cwd=ROOT, capture_output=True,
+                            timeout=240)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+    last = load_checkpoint(part / "checkpoints" / "last.pt")
+    assert (last["step"], last["epoch"], last["batch"]) == (6, 1, 2)  # 4 steps per epoch: killed mid-epoch 2
     train(tiny_config(ek_data, part, resume="auto"), progress=False)
     a, b = trainable_state(full), trainable_state(part)
     assert a.keys() == b.keys()

@@ -58,7 +58,6 @@ class TrainConfig:
     save_every_steps: int = 0  # 0 = at the end of every epoch only
     keep_last: int = 2
     eval_every_epochs: int = 1
-    stop_after_steps: int = 0  # stop abruptly after this many optimizer steps (for resume tests); 0 = never
     log_every_steps: int = 10
     groups: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # task -> {group: class ids}, F1 by group
 

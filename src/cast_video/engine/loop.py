@@ -111,9 +111,12 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
     augment = build_gpu_augment(cfg.data, heads).to(device)
     micro_batch = cfg.optim.batch_size
     sampler = ResumableSampler(len(train_set), micro_batch, info, seed=cfg.seed)
+    # Its own generator: a DataLoader draws a seed whenever an epoch starts, and from the global RNG that
+    # would shift drop path's random stream after a mid-epoch resume. The clips' randomness comes from
+    # (seed, epoch, position), not from this seed.
     loader = DataLoader(train_set, batch_size=micro_batch, sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.num_workers > 0)
+                        persistent_workers=cfg.num_workers > 0, generator=torch.Generator().manual_seed(cfg.seed))
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     runner = DistributedDataParallel(model, device_ids=[info.local_rank] if device.type == "cuda" else None) \
@@ -213,8 +216,6 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
                     rng = gather_objects(rng_state(), info)  # every process takes part
                     if info.main:
                         ckpt.save(snapshot(epoch, batch_index + 1, rng), step)
-                if cfg.stop_after_steps and step >= cfg.stop_after_steps:
-                    return {"stopped_at_step": step}
             start_batch = 0
             reports = gather_objects((skipped, short), info)  # each process met its own share of the data
             skipped, short = [r for part, _ in reports for r in part], sum(n for _, n in reports)
@@ -307,7 +308,8 @@ def evaluate(model: CAST, cfg: TrainConfig, split: str, device: torch.device, in
     heads = {h.name: h.num_classes for h in model.config.heads}
     augment = build_gpu_augment(cfg.data, heads).to(device).eval()
     loader = DataLoader(dataset, batch_size=max(1, cfg.optim.batch_size // 2), sampler=ShardSampler(len(dataset), info),
-                        num_workers=cfg.num_workers, collate_fn=collate)
+                        num_workers=cfg.num_workers, collate_fn=collate,
+                        generator=torch.Generator())  # leaves the global RNG (drop path's stream) untouched
     model.eval()
     part = {"index": [], "id": [], "scores": {t: [] for t in heads}, "labels": {t: [] for t in heads}}
     for batch in tqdm(loader, desc=f"eval {split}", disable=not (progress and info.main), dynamic_ncols=True):
