@@ -261,6 +261,26 @@ def test_the_model_follows_the_data_normalisation(tmp_path, ek_data):
         build_model(cfg)
 
 
+def test_own_data_with_few_classes_trains_and_mismatched_heads_are_named(tmp_path):
+    for name in ["cat", "dog", "fish"]:
+        (tmp_path / "own" / name).mkdir(parents=True)
+        for i in range(2):
+            write_video(tmp_path / "own" / name / f"{i}.mp4", num_frames=24, size=40, gop=8)
+    folder = str(tmp_path / "own")
+    three = {"model.overrides": {"heads": [{"name": "action", "num_classes": 3, "source": "fused"}]},
+             "data.format": "generic", "data.train": folder, "data.val": folder, "optim.epochs": 1,
+             "save_every_steps": 0}
+    metrics = train(tiny_config(tmp_path, tmp_path / "run", **three), progress=False)
+    assert metrics["action/top5"] == 100.0  # top-5 of 3 classes is every class, not an error or a 0
+    assert 0 <= metrics["action/top1"] <= 100
+    assert json.loads((tmp_path / "run" / "model" / "classes.json").read_text()) == {"action": ["cat", "dog", "fish"]}
+    two = {**three, "model.overrides": {"heads": [{"name": "action", "num_classes": 2, "source": "fused"}]}}
+    with pytest.raises(ConfigError, match=r"fish.*action label 2 does not fit the model's action head of 2"):
+        train(tiny_config(tmp_path, tmp_path / "two", **two), progress=False)
+    with pytest.raises(ConfigError, match="no verb or noun labels"):  # cast_tiny's EK100-style heads
+        train(tiny_config(tmp_path, tmp_path / "tiny", **{**three, "model.overrides": {}}), progress=False)
+
+
 def test_a_missing_video_is_replaced_and_reported(tmp_path, ek_data, capsys):
     rows = (ek_data / "train.csv").read_text().splitlines()
     (tmp_path / "train.csv").write_text("\n".join(rows + ["P01_09_0,P01,P01_09,1,20,0,0"]) + "\n")  # no P01_09.MP4

@@ -88,6 +88,29 @@ def _seed_generator(device: torch.device, seed: int, step: int) -> torch.Generat
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
 
 
+def check_labels(dataset, heads: dict[str, int], split: str, need_labels: bool, main: bool = True) -> None:
+    """Fail before the first step when the annotations and the heads disagree: a label a head cannot
+    output would crash mid-run, and a head without labels would never learn."""
+    samples = getattr(dataset, "samples", None)
+    if not samples:
+        return
+    found = {t for s in samples for t in s.labels}
+    missing = [t for t in heads if t not in found]
+    if missing and (need_labels or found):
+        raise ConfigError(f"data.{split}: no {' or '.join(missing)} labels for the model's head(s); the annotations "
+                          f"give {sorted(found) or 'none'} (data.tasks names the task of single-label formats, "
+                          "model.overrides.heads sets the heads)")
+    for sample in samples:
+        for task, label in sample.labels.items():
+            if task in heads and not 0 <= label < heads[task]:
+                raise ConfigError(f"{sample.where or sample.path}: {task} label {label} does not fit the model's "
+                                  f"{task} head of {heads[task]} classes (model.overrides.heads)")
+    names = getattr(dataset, "class_names", None) or {}
+    for task, size in heads.items():
+        if main and task in names and len(names[task]) != size:
+            print(f"warning: data.{split} names {len(names[task])} {task} classes but the {task} head has {size}")
+
+
 def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None) -> dict:
     """Train (and evaluate each `eval_every_epochs`) as `cfg` says; returns the final metrics.
 
@@ -108,6 +131,7 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
     heads = {h.name: h.num_classes for h in model.config.heads}
     datasets = datasets or {}
     train_set = datasets["train"] if "train" in datasets else build_dataset(cfg.data, "train", seed=cfg.seed)
+    check_labels(train_set, heads, "train", need_labels=True, main=info.main)
     augment = build_gpu_augment(cfg.data, heads).to(device)
     micro_batch = cfg.optim.batch_size
     sampler = ResumableSampler(len(train_set), micro_batch, info, seed=cfg.seed)
@@ -306,6 +330,7 @@ def evaluate(model: CAST, cfg: TrainConfig, split: str, device: torch.device, in
     info = info or DistInfo()
     dataset = dataset if dataset is not None else build_dataset(cfg.data, split, seed=cfg.seed)
     heads = {h.name: h.num_classes for h in model.config.heads}
+    check_labels(dataset, heads, split, need_labels=False, main=info.main)
     augment = build_gpu_augment(cfg.data, heads).to(device).eval()
     loader = DataLoader(dataset, batch_size=max(1, cfg.optim.batch_size // 2), sampler=ShardSampler(len(dataset), info),
                         num_workers=cfg.num_workers, collate_fn=collate,
