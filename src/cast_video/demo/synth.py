@@ -155,7 +155,7 @@ def render_still(digit: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) 
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int) -> None:
-    """Write uint8 frames (F, H, W, 3) as H.264 in 4:4:4, so thin colour strokes survive the codec.
+    """Write uint8 frames (F, H, W, 3) as lossless H.264 in 4:4:4.
 
     Written to a temporary name and renamed, so a killed run never leaves a truncated file behind.
     """
@@ -165,9 +165,11 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv444p"
-        # One encoder thread: with frame threads, two runs of the same seed wrote different bytes for a
-        # few clips (seen on a quiet 2-core machine), and the demo's numbers are a function of the seed.
-        stream.options = {"crf": "12", "preset": "veryfast", "threads": "1"}
+        # Lossless (qp 0): libx264 here sometimes writes different bytes for the same frames from one run
+        # to the next (seen on a busy machine, even single-threaded), and a lossy stream then decodes to
+        # different pixels; any lossless stream decodes to the same ones, so the clips are a function of
+        # the seed. 2.7x the size of crf 12 (about 18 KB a clip).
+        stream.options = {"qp": "0", "preset": "veryfast"}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
