@@ -38,7 +38,7 @@ def bar_chart(results: list[dict], path: str | Path, seed: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.8 / len(results)
     for i, r in enumerate(results):
         xs = [j + (i - (len(results) - 1) / 2) * width for j in range(len(METRICS))]
@@ -47,9 +47,9 @@ def bar_chart(results: list[dict], path: str | Path, seed: int) -> None:
         ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
     ax.set_xticks(range(len(METRICS)), [label for _, label in METRICS])
     ax.set_ylabel("test top-1 (%)")
-    ax.set_ylim(0, 105)
+    ax.set_ylim(0, 108)
     ax.set_title(f"Moving digits, frozen experts (seed {seed})", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left", ncols=len(results))
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=len(results), frameon=False)
     fig.tight_layout()
     tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
     fig.savefig(tmp, dpi=120)
