@@ -272,7 +272,6 @@ def test_own_data_with_few_classes_trains_and_mismatched_heads_are_named(tmp_pat
              "save_every_steps": 0}
     metrics = train(tiny_config(tmp_path, tmp_path / "run", **three), progress=False)
     assert metrics["action/top5"] == 100.0  # top-5 of 3 classes is every class, not an error or a 0
-    assert 0 <= metrics["action/top1"] <= 100
     assert json.loads((tmp_path / "run" / "model" / "classes.json").read_text()) == {"action": ["cat", "dog", "fish"]}
     two = {**three, "model.overrides": {"heads": [{"name": "action", "num_classes": 2, "source": "fused"}]}}
     with pytest.raises(ConfigError, match=r"fish.*action label 2 does not fit the model's action head of 2"):
