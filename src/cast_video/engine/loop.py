@@ -132,6 +132,11 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
     datasets = datasets or {}
     train_set = datasets["train"] if "train" in datasets else build_dataset(cfg.data, "train", seed=cfg.seed)
     check_labels(train_set, heads, "train", need_labels=True, main=info.main)
+    # Built and checked once, before the first step, not at every evaluation.
+    val_set = datasets["val"] if "val" in datasets else \
+        build_dataset(cfg.data, "val", seed=cfg.seed) if cfg.data.val else None
+    if val_set is not None:
+        check_labels(val_set, heads, "val", need_labels=False, main=info.main)
     augment = build_gpu_augment(cfg.data, heads).to(device)
     micro_batch = cfg.optim.batch_size
     sampler = ResumableSampler(len(train_set), micro_batch, info, seed=cfg.seed)
@@ -249,8 +254,8 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
                 _log(log_file, writer, {"step": step, "epoch": epoch + 1, "data/unreadable": len(skipped),
                                         "data/short_clips": short})
             is_last = epoch + 1 == o.epochs
-            if (cfg.data.val or "val" in datasets) and ((epoch + 1) % cfg.eval_every_epochs == 0 or is_last):
-                metrics, _ = evaluate(model, cfg, "val", device, info, progress=progress, dataset=datasets.get("val"))
+            if val_set is not None and ((epoch + 1) % cfg.eval_every_epochs == 0 or is_last):
+                metrics, _ = evaluate(model, cfg, "val", device, info, progress=progress, dataset=val_set)
                 score = _headline(metrics)
                 improved = score > best
                 best = max(best, score)
@@ -328,9 +333,10 @@ def evaluate(model: CAST, cfg: TrainConfig, split: str, device: torch.device, in
     """Multi-view evaluation of a split (or of `dataset`): every sample counted once across ranks.
     Returns the metrics and the per-video results {"id", "scores": {task: (N, C)}, "labels": {task: (N,)}}."""
     info = info or DistInfo()
-    dataset = dataset if dataset is not None else build_dataset(cfg.data, split, seed=cfg.seed)
     heads = {h.name: h.num_classes for h in model.config.heads}
-    check_labels(dataset, heads, split, need_labels=False, main=info.main)
+    if dataset is None:  # a dataset passed in was checked by its owner
+        dataset = build_dataset(cfg.data, split, seed=cfg.seed)
+        check_labels(dataset, heads, split, need_labels=False, main=info.main)
     augment = build_gpu_augment(cfg.data, heads).to(device).eval()
     loader = DataLoader(dataset, batch_size=max(1, cfg.optim.batch_size // 2), sampler=ShardSampler(len(dataset), info),
                         num_workers=cfg.num_workers, collate_fn=collate,
