@@ -11,9 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .config_utils import ConfigError
-from .data import AnnotationError, VideoReadError
-from .weights import WeightsError
+from .errors import CastVideoError
 
 COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark", "data"]
 
@@ -30,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ConfigError, FileNotFoundError, WeightsError, AnnotationError, VideoReadError) as err:
+    except (CastVideoError, FileNotFoundError) as err:
         print(f"cast-video {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -11,11 +11,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401  (re-exported)
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config key or value that does not fit the schema; the message names the dotted key."""
 
 
 def _suggest(key: str, options: list[str]) -> str:

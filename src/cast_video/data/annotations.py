@@ -14,9 +14,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
-class AnnotationError(ValueError):
-    """A malformed annotation; the message names the file, line and field."""
+from ..errors import AnnotationError  # noqa: F401  (re-exported)
 
 
 @dataclass

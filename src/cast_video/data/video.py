@@ -24,9 +24,7 @@ import av
 import numpy as np
 import torch
 
-
-class VideoReadError(RuntimeError):
-    """A video (or frame folder) that cannot give the requested frames; the message names the file."""
+from ..errors import VideoReadError  # noqa: F401  (re-exported)
 
 
 @dataclass

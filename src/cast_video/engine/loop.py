@@ -23,16 +23,13 @@ from tqdm import tqdm
 
 from ..config_utils import ConfigError, to_dict
 from ..data import build_dataset, build_gpu_augment, collate
+from ..errors import NonFiniteLoss
 from ..models import CAST, preset_config
 from .checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from .config import TrainConfig
 from .distributed import DistInfo, ResumableSampler, ShardSampler, gather_objects, init_distributed
 from .metrics import classification_metrics
 from .optim import build_optimizer, lr_at, set_lr
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the last good state was saved."""
 
 
 def pick_device(name: str) -> torch.device:

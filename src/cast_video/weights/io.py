@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..errors import WeightsError  # noqa: F401  (re-exported)
+
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 CONTAINER_KEYS = ("model", "module", "state_dict", "model_state")
 # transformers' file names, single-file first; an index names the shards of a large checkpoint.
@@ -35,10 +37,6 @@ _STORAGE_DTYPES = {
 
 _JIT_CONTAINERS = {"build_intlist": list, "build_doublelist": list, "build_boollist": list, "build_tensorlist": list,
                    "restore_type_tag": lambda value, _type: value}
-
-
-class WeightsError(ValueError):
-    """A checkpoint that cannot be read or does not fit: the message names the file and the key."""
 
 
 def is_torchscript(path: Path) -> bool:
