@@ -8,7 +8,7 @@ from PIL import Image, ImageEnhance, ImageOps
 from cast_video.data import DataConfig, build_gpu_augment
 from cast_video.data.augment import RAND_OPS, _equalize, parse_rand_augment
 from cast_video.data.dataset import random_resized_crop_box
-from cast_video.models.experts import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN
+from cast_video.normalization import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN
 
 
 def natural_clip(t=4, h=24, w=24, seed=0) -> torch.Tensor:

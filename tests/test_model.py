@@ -99,7 +99,7 @@ def test_spatial_expert_sees_odd_frames_only():
 
 
 def test_an_expert_with_its_own_pixel_statistics_sees_the_same_pixels():
-    from cast_video.models.experts import PIXEL_STATS
+    from cast_video.normalization import PIXEL_STATS
 
     def normalise(pixels, name):
         mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in PIXEL_STATS[name])

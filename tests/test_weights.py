@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from transformers import CLIPVisionConfig, CLIPVisionModel, VideoMAEConfig, VideoMAEModel
 
-from cast_video import CAST, load_official_cast
+from cast_video import CAST, from_pretrained, load_experts, load_official_cast, save_pretrained
 from cast_video.cli import main
 from cast_video.models import ExpertConfig, ViTExpert, preset_config
 from cast_video.weights import WeightsError, detect_format, load_expert
@@ -232,18 +232,18 @@ def test_load_experts_into_cast_and_round_trip(tmp_path, hf_clip, hf_videomae):
     shape = {"width": WIDTH, "depth": DEPTH, "heads": HEADS}
     overrides = {f"{role}.{k}": v for role in ("spatial", "temporal") for k, v in shape.items()}
     model = CAST(preset_config("cast_tiny", overrides)).eval()
-    reports = model.load_experts(spatial=str(tmp_path / "clip"), temporal=str(tmp_path / "videomae"))
+    reports = load_experts(model, spatial=str(tmp_path / "clip"), temporal=str(tmp_path / "videomae"))
     assert set(reports) == {"spatial", "temporal"}
     perturb(model.blocks)
     clip = video()
     with torch.no_grad():
         expected = model(clip)
-    model.save_pretrained(tmp_path / "light")
-    model.save_pretrained(tmp_path / "full", full=True)
+    save_pretrained(model, tmp_path / "light")
+    save_pretrained(model, tmp_path / "full", full=True)
     light = (tmp_path / "light" / "model.safetensors").stat().st_size
     assert light < (tmp_path / "full" / "model.safetensors").stat().st_size
     for name in ("light", "full"):
-        again = CAST.from_pretrained(tmp_path / name).eval()
+        again = from_pretrained(tmp_path / name).eval()
         with torch.no_grad():
             got = again(clip)
         for head in expected:
@@ -252,7 +252,7 @@ def test_load_experts_into_cast_and_round_trip(tmp_path, hf_clip, hf_videomae):
     assert main(["convert", "experts", "--preset", "cast_tiny", "--set", *(f"{k}={v}" for k, v in overrides.items()),
                  "--spatial", str(tmp_path / "clip"), "--temporal", str(tmp_path / "videomae"),
                  "--out", str(tmp_path / "cli")]) == 0
-    from_cli = CAST.from_pretrained(tmp_path / "cli").eval()
+    from_cli = from_pretrained(tmp_path / "cli").eval()
     torch.testing.assert_close(from_cli.spatial.blocks[0].attn.qkv.weight, model.spatial.blocks[0].attn.qkv.weight)
 
 

@@ -19,7 +19,7 @@ from transformers import (
     VideoMAEModel,
 )
 
-from cast_video import CAST, load_official_cast
+from cast_video import CAST, from_pretrained, load_experts, load_official_cast, save_pretrained
 from cast_video.cli import main
 from cast_video.models import ExpertConfig, ViTExpert, preset_config
 from cast_video.weights import WeightsError, load_expert, read_state_dict, read_torchscript
@@ -241,24 +241,24 @@ def test_unreferenced_experts_are_saved_whole_and_whole_files_feed_experts(tmp_p
     clip = video()
     with torch.no_grad():
         expected = model(clip)
-    model.save_pretrained(tmp_path / "random")  # no expert came from a file: they must be stored
-    again = CAST.from_pretrained(tmp_path / "random").eval()
+    save_pretrained(model, tmp_path / "random")  # no expert came from a file: they must be stored
+    again = from_pretrained(tmp_path / "random").eval()
     with torch.no_grad():
         assert all(torch.equal(again(clip)[h], expected[h]) for h in expected)
 
-    model.save_pretrained(tmp_path / "full", full=True)
+    save_pretrained(model, tmp_path / "full", full=True)
     monkeypatch.chdir(tmp_path)
     fresh = CAST(preset_config("cast_tiny", OVERRIDES)).eval()
-    fresh.load_experts(spatial="full", temporal="full")  # a relative path to a whole CAST of ours
+    load_experts(fresh, spatial="full", temporal="full")  # a relative path to a whole CAST of ours
     for name, value in model.state_dict().items():
         if name.startswith(("spatial.", "temporal.")):
             assert torch.equal(fresh.state_dict()[name], value), name
     perturb(fresh.blocks)
-    fresh.save_pretrained(tmp_path / "light")
+    save_pretrained(fresh, tmp_path / "light")
     stored = load_file(str(tmp_path / "light" / "model.safetensors"))
     assert not any(k.startswith("spatial.blocks") for k in stored)
     monkeypatch.chdir("/")  # the reference is absolute, so the directory can be read from anywhere
-    reloaded = CAST.from_pretrained(tmp_path / "light").eval()
+    reloaded = from_pretrained(tmp_path / "light").eval()
     with torch.no_grad():
         for head, logits in fresh(clip).items():
             assert torch.equal(reloaded(clip)[head], logits)
@@ -275,7 +275,7 @@ def test_convert_command_line(tmp_path, capsys):
     clip = video()
     with torch.no_grad():
         direct = load_official_cast(str(tmp_path / "official.pt"), num_heads=HEADS).eval()(clip)
-        converted = CAST.from_pretrained(tmp_path / "cast").eval()(clip)
+        converted = from_pretrained(tmp_path / "cast").eval()(clip)
     assert all(torch.equal(direct[h], converted[h]) for h in direct)
 
     hf = perturb(VideoMAEModel(videomae_config()))
@@ -340,12 +340,12 @@ def test_from_pretrained_names_a_lost_expert_source(tmp_path):
     hf = perturb(CLIPVisionModel(clip_vision_config()))
     hf.save_pretrained(tmp_path / "clip")
     model = CAST(preset_config("cast_tiny", OVERRIDES))
-    model.load_experts(spatial=str(tmp_path / "clip"))
-    model.save_pretrained(tmp_path / "light")
+    load_experts(model, spatial=str(tmp_path / "clip"))
+    save_pretrained(model, tmp_path / "light")
     (tmp_path / "clip" / "model.safetensors").unlink()
     with pytest.raises(WeightsError, match="the spatial expert is stored by reference"):
-        CAST.from_pretrained(tmp_path / "light")
-    again = CAST.from_pretrained(tmp_path / "light", load_expert_weights=False)  # the temporal expert was stored
+        from_pretrained(tmp_path / "light")
+    again = from_pretrained(tmp_path / "light", load_expert_weights=False)  # the temporal expert was stored
     assert torch.equal(again.temporal.blocks[0].attn.qkv.weight, model.temporal.blocks[0].attn.qkv.weight)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ..models import CAST, PRESETS, ViTExpert, preset_config
-from ..weights import EXPERT_FORMATS, WeightsError, load_expert, load_official_cast
+from ..weights import EXPERT_FORMATS, WeightsError, load_expert, load_experts, load_official_cast, save_pretrained
 
 
 def register(sub) -> None:
@@ -64,16 +64,16 @@ def _convert(args) -> None:
     if args.kind == "official":
         model = load_official_cast(args.checkpoint, preset=args.preset, trusted=args.trusted,
                                    num_heads=args.num_heads)
-        model.save_pretrained(args.out, full=True)  # the official file is the only source of the experts
+        save_pretrained(model, args.out, full=True)  # the official file is the only source of the experts
         print(f"wrote {args.out} (all weights)")
     elif args.kind == "experts":
         model = CAST(preset_config(args.preset, args.set))
         formats = {"spatial": args.spatial_format, "temporal": args.temporal_format}
-        reports = model.load_experts(args.spatial, args.temporal, formats, strict=not args.non_strict,
-                                     trusted=args.trusted)
+        reports = load_experts(model, args.spatial, args.temporal, formats, strict=not args.non_strict,
+                               trusted=args.trusted)
         for role, report in reports.items():
             print(f"{role}: {report}")
-        model.save_pretrained(args.out, full=args.full)
+        save_pretrained(model, args.out, full=args.full)
         print(f"wrote {args.out} ({'all weights' if args.full else 'trainable weights + expert references'})")
     else:
         cfg = preset_config(args.preset, args.set)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..models import CAST
+from ..weights import from_pretrained
 
 
 def register(sub) -> None:
@@ -24,7 +24,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..engine.predict import Predictor, find_videos, load_class_names, summarize
 
-    model = CAST.from_pretrained(args.model)
+    model = from_pretrained(args.model)
     predictor = Predictor(model, load_class_names(args.model), args.clips, args.crops, args.device)
     results = []
     for video in find_videos(args.path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from ..models.experts import PIXEL_STATS
+from ..normalization import PIXEL_STATS
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from ..config_utils import ConfigError, to_dict
 from ..data import build_dataset, build_gpu_augment, collate
 from ..errors import NonFiniteLoss
 from ..models import CAST, preset_config
+from ..weights import load_experts, save_pretrained
 from .checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from .config import TrainConfig
 from .distributed import DistInfo, ResumableSampler, ShardSampler, gather_objects, init_distributed
@@ -52,7 +53,7 @@ def build_model(cfg: TrainConfig) -> CAST:
                           "to convert from; use data.norm instead")
     model = CAST(config)
     if cfg.weights.spatial or cfg.weights.temporal:
-        model.load_experts(spatial=cfg.weights.spatial or None, temporal=cfg.weights.temporal or None,
+        load_experts(model, spatial=cfg.weights.spatial or None, temporal=cfg.weights.temporal or None,
                            trusted=cfg.weights.trusted)
     return model
 
@@ -275,7 +276,7 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
     if info.main:
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         export = out_dir / "model"  # for `cast-video predict --model`: experts by reference when they have a source
-        model.save_pretrained(export, full=not model.expert_sources)
+        save_pretrained(model, export, full=not model.expert_sources)
         (export / "classes.json").write_text(json.dumps(train_set.class_names))
         _summary(history)
     return metrics

@@ -15,17 +15,10 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from ..normalization import PIXEL_STATS
 from .layers import Mlp, SelfAttention, sinusoid_table, trunc_normal_init
 
 ARCHS = ("clip", "videomae")
-
-# Pixel statistics that pretrained weights expect. The official CAST feeds both experts ImageNet's;
-# CLIP was trained with its own.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-PIXEL_STATS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "clip": (CLIP_MEAN, CLIP_STD)}
 
 
 @dataclass

@@ -188,8 +188,27 @@ EXPERT_CONVERTERS = {"openai_clip": from_openai_clip, "hf_clip": from_hf_clip, "
                      "hf_videomae": from_hf_videomae, "cast_video": from_cast_video}
 
 
-def from_official_cast(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
-    """The official CAST repository's fine-tuned checkpoints -> whole-CAST names."""
+# The one place that names the official checkpoints' head keys. Classifiers: EK100's composition heads
+# (`head_verb`, `head_noun`) or the single head of SSV2 / K400 (`head`, whose name is the config's own).
+# The fused head's adapters (eq. 6): `noun_last_Adapter` on the spatial class token, `verb_last_Adapter`
+# on the temporal pooled tokens.
+OFFICIAL_HEADS = {"head_verb": "verb", "head_noun": "noun", "head": None}
+OFFICIAL_FUSION_ADAPTERS = {"noun_last_Adapter": "fuse_s", "verb_last_Adapter": "fuse_t"}
+
+
+def _official_head(key: str, single_head: str) -> str | None:
+    """Our name of an official head key (`head_verb.weight` -> `heads.verb.weight`), None if not a head."""
+    module, _, rest = key.partition(".")
+    if module in OFFICIAL_HEADS:
+        return f"heads.{OFFICIAL_HEADS[module] or single_head}.{rest}"
+    if module in OFFICIAL_FUSION_ADAPTERS:  # noun_last_Adapter.D_fc1.weight -> fuse_s.fc1.weight
+        return f"{OFFICIAL_FUSION_ADAPTERS[module]}.{rest.removeprefix('D_')}"
+    return None
+
+
+def from_official_cast(sd: dict[str, torch.Tensor], single_head: str = "action") -> tuple[dict, list[str]]:
+    """The official CAST repository's fine-tuned checkpoints -> whole-CAST names. `single_head` names
+    the head of a one-head (SSV2 / K400) checkpoint, as the config it is loaded into does."""
     ours, extras = {}, []
     top = {"clip_conv1.weight": "spatial.patch_embed.weight", "clip_class_embedding": "spatial.class_embedding",
            "clip_positional_embedding": "spatial.pos_embed", "clip_ln_pre.weight": "spatial.ln_pre.weight",
@@ -231,10 +250,11 @@ def from_official_cast(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
     }
     for key, value in sd.items():
         m = re.fullmatch(r"blocks\.(\d+)\.(.+)", key)
+        head = _official_head(key, single_head)
         if key in top:
             ours[top[key]] = value
-        elif key.startswith(("head", "noun_last_Adapter", "verb_last_Adapter")):
-            ours[key] = value  # heads are named by the caller, who knows the head config
+        elif head is not None:
+            ours[head] = value
         elif key == "pos_embed":
             extras.append(key)  # the fixed sinusoid table; we regenerate it
         elif m is None:

@@ -16,7 +16,7 @@ from ..config_utils import from_dict, to_dict
 from ..models.cast import CAST, CASTConfig, HeadConfig
 from ..models.experts import ExpertConfig, ViTExpert
 from ..models.layers import interpolate_grid
-from .formats import EXPERT_CONVERTERS, EXPERT_FORMATS, detect_format, from_official_cast
+from .formats import EXPERT_CONVERTERS, EXPERT_FORMATS, OFFICIAL_HEADS, detect_format, from_official_cast
 from .io import HUB_ID, WeightsError, hub_snapshot, read_state_dict
 
 _ARCH_OF_FORMAT = {"openai_clip": "clip", "hf_clip": "clip", "videomae": "videomae", "hf_videomae": "videomae"}
@@ -183,6 +183,18 @@ def from_pretrained(source: str | os.PathLike, load_expert_weights: bool = True)
     return model
 
 
+def push_to_hub(model: CAST, repo_id: str, full: bool = False, **kwargs) -> str:
+    """Upload `save_pretrained`'s files to the Hugging Face Hub (needs a network and a token); returns
+    the commit URL. `kwargs` go to `HfApi.create_repo` (e.g. `private=True`)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True, **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, full=full)
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp).commit_url
+
+
 def _official_shape(sd: dict[str, torch.Tensor], key: str, where: str) -> tuple[int, ...]:
     if key not in sd:
         raise WeightsError(f"{where}: an official CAST checkpoint must have {key}")
@@ -215,9 +227,10 @@ def _official_config(sd: dict[str, torch.Tensor], preset: str | None, num_heads:
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
     grid = math.isqrt(_official_shape(sd, "clip_positional_embedding", where)[0] - 1)
     frames = 2 * _official_shape(sd, "blocks.0.t2s_cross.clip_time_pos", where)[0]
-    if "head_verb.weight" in sd or "head_noun.weight" in sd:
-        heads = [HeadConfig("verb", _official_shape(sd, "head_verb.weight", where)[0], "temporal"),
-                 HeadConfig("noun", _official_shape(sd, "head_noun.weight", where)[0], "spatial")]
+    split = {name: key for key, name in OFFICIAL_HEADS.items() if name is not None}  # {"verb": "head_verb", ...}
+    if any(f"{key}.weight" in sd for key in split.values()):
+        heads = [HeadConfig("verb", _official_shape(sd, f"{split['verb']}.weight", where)[0], "temporal"),
+                 HeadConfig("noun", _official_shape(sd, f"{split['noun']}.weight", where)[0], "spatial")]
     else:
         heads = [HeadConfig("action", _official_shape(sd, "head.weight", where)[0], "fused")]
     shape = dict(width=width, depth=depth, heads=num_heads or max(1, width // 64), patch_size=patch)
@@ -247,21 +260,7 @@ def load_official_cast(source, preset: str | None = None, trusted: bool = False,
         raise WeightsError(f"{where}: not an official CAST checkpoint")
     cfg = _official_config(sd, preset, num_heads, where)
     model = CAST(cfg)
-    ours, _ = from_official_cast(sd)
-    heads = {}
-    for key in [k for k in ours if k.startswith(("head", "noun_last_Adapter", "verb_last_Adapter"))]:
-        value = ours.pop(key)
-        name, leaf = key.rsplit(".", 1)
-        if name == "head_verb":
-            heads[f"heads.verb.{leaf}"] = value
-        elif name == "head_noun":
-            heads[f"heads.noun.{leaf}"] = value
-        elif name == "head":
-            heads[f"heads.{cfg.heads[0].name}.{leaf}"] = value
-        else:
-            fuse = "fuse_s" if name.startswith("noun_last_Adapter") else "fuse_t"
-            heads[f"{fuse}.{name.rsplit('.', 1)[1].removeprefix('D_')}.{leaf}"] = value
-    ours.update(heads)
+    ours, _ = from_official_cast(sd, single_head=cfg.heads[0].name)
     unknown = [k[1:] for k in ours if k.startswith("?")]
     if unknown:
         raise WeightsError(f"{where}: keys with no place in CAST: {unknown[:8]}")
