@@ -54,15 +54,21 @@ def test_math_attention_gives_the_sdpa_outputs_and_gradients():
 
 @pytest.mark.parametrize("drop_path", [0.0, 0.3])
 def test_grad_checkpointing_gives_the_same_gradients(drop_path):
-    """With drop path the recomputation must replay the same random masks (checkpoint keeps the RNG state)."""
+    """`grad_checkpointing` is a config value (`model.overrides.grad_checkpointing=true` in a run): the
+    same gradients, with drop path too (the recomputation replays the same random masks, as checkpoint
+    keeps the RNG state), and far fewer activations kept for backward (so it really is on)."""
     video = torch.randn(2, 3, 8, 32, 32)
-    grads = []
+    grads, kept = [], []
     for checkpointing in (False, True):
-        model = _model(drop_path=drop_path).train()
-        model.grad_checkpointing = checkpointing
-        grads.append(_grads(model, video, seed=1))
+        model = _model(drop_path=drop_path, grad_checkpointing=checkpointing).train()
+        assert model.config.grad_checkpointing is checkpointing
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t.numel()) or t, lambda t: t):
+            grads.append(_grads(model, video, seed=1))
+        kept.append(sum(saved))
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6, msg=n)
+    assert kept[1] < 0.5 * kept[0]
 
 
 def test_step_flops_follow_from_the_forward_count():

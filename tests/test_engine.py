@@ -206,6 +206,21 @@ def test_eval_command_writes_metrics_predictions_submission_and_plots(tmp_path, 
     assert (out / "confusion_verb.png").stat().st_size > 1000 and (out / "f1_noun.png").exists()
 
 
+def test_grad_checkpointing_is_a_train_config_value(tmp_path, monkeypatch):
+    """`model.overrides.grad_checkpointing=true` on the command line reaches the model a run trains."""
+    path = _write_yaml(tmp_path / "run.yaml", {"model": {"preset": "cast_tiny"}})
+    assert not build_model(load_yaml(TrainConfig, path)).config.grad_checkpointing
+    cfg = load_yaml(TrainConfig, path, ["model.overrides.grad_checkpointing=true"])
+    model = build_model(cfg).train()
+    calls = []
+    monkeypatch.setattr("cast_video.models.cast.checkpoint", lambda fn, *a, **k: calls.append(1) or fn(*a))
+    model(torch.randn(1, 3, 8, 32, 32))
+    assert len(calls) == model.config.depth
+    typo = load_yaml(TrainConfig, path, ["model.overrides.grad_checkpoint=true"])  # checked when the model is built
+    with pytest.raises(ConfigError, match="grad_checkpoint.*did you mean 'grad_checkpointing'"):
+        build_model(typo)
+
+
 def test_bad_config_keys_are_named(tmp_path):
     path = _write_yaml(tmp_path / "bad.yaml", {"optim": {"epoch": 3}})
     with pytest.raises(ConfigError, match=r"optim.epoch.*did you mean 'epochs'"):

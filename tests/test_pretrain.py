@@ -122,3 +122,21 @@ def test_cli_pretrains_on_a_folder_of_videos(tmp_path, capsys):
     assert rc == 0
     assert (tmp_path / "run" / "expert.safetensors").exists()
     assert "temporal expert" in capsys.readouterr().out
+
+
+def test_grad_checkpointing_in_pretraining_gives_the_same_gradients(tmp_path):
+    """`grad_checkpointing: true` in a pretrain config: same gradients, fewer activations kept for backward."""
+    video = torch.randn(2, 3, 8, 32, 32)
+    mask = tube_mask(2, 16, 0.5, torch.Generator().manual_seed(0))
+    grads, kept = [], []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = MaskedVideoAutoencoder(tiny_cfg(tmp_path, grad_checkpointing=checkpointing)).train()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t.numel()) or t, lambda t: t):
+            model(video, mask).backward()
+        kept.append(sum(saved))
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6, msg=n)
+    assert kept[1] < 0.7 * kept[0]

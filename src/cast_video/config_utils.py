@@ -124,12 +124,35 @@ def set_dotted(data: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _free_form_prefix(cls: type, parts: list[str]) -> int:
+    """How many leading parts of a dotted key name a free-form `dict[str, Any]` field (0 if none).
+
+    Such a field (`model.overrides`) holds dotted keys of another config, checked where they are used,
+    so `model.overrides.grad_checkpointing=true` stores {"grad_checkpointing": True} in it."""
+    tp: Any = cls
+    for i, part in enumerate(parts[:-1]):
+        if not dataclasses.is_dataclass(tp) or part not in (hints := typing.get_type_hints(tp)):
+            return 0
+        tp = hints[part]
+        if typing.get_origin(tp) is dict and typing.get_args(tp)[1:] == (Any,):
+            return i + 1
+    return 0
+
+
 def apply_overrides(obj: T, overrides: list[str] | dict[str, Any]) -> T:
     """A copy of dataclass `obj` with dotted overrides applied and re-validated."""
     data = to_dict(obj)
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
     for key, value in items:
-        set_dotted(data, key, value)
+        parts = key.split(".")
+        free = _free_form_prefix(type(obj), parts)
+        if free:
+            node = data
+            for part in parts[:free]:
+                node = node[part]
+            node[".".join(parts[free:])] = value
+        else:
+            set_dotted(data, key, value)
     return from_dict(type(obj), data)
 
 

@@ -24,6 +24,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import save_file
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config_utils import ConfigError, to_dict
 from .data import DataConfig, build_dataset, build_gpu_augment, collate
@@ -58,6 +59,7 @@ class PretrainConfig:
     num_workers: int = 4
     seed: int = 0
     output_dir: str = "runs/pretrain"
+    grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more compute
 
     def __post_init__(self):
         if self.expert.arch != "videomae":
@@ -116,13 +118,13 @@ class MaskedVideoAutoencoder(nn.Module):
         idx = visible[:, None, :, None]  # (B, 1, Nv, 1)
         x = x.gather(2, idx.expand(b, t, -1, d))  # (B, T, Nv, D)
         for block in self.encoder.blocks:
-            x = block(x, joint_time=True)
+            x = self._block(block, x)
         x = self.encoder_to_decoder(self.encoder.norm(x))  # (B, T, Nv, Dd)
         dd = x.shape[-1]
         full = self.mask_token.to(x.dtype).expand(b, t, n, dd).scatter(2, idx.expand(b, t, -1, dd), x)  # (B, T, N, Dd)
         y = full + self.decoder_pos.to(x.dtype)
         for block in self.decoder_blocks:
-            y = block(y, joint_time=True)
+            y = self._block(block, y)
         pred = self.head(self.decoder_norm(y))  # (B, T, N, P*3)
 
         target = patchify(video, self.cfg.expert.tubelet_size, self.cfg.expert.patch_size)  # (B, T, N, P, 3)
@@ -134,6 +136,12 @@ class MaskedVideoAutoencoder(nn.Module):
         per_token = (pred.float() - target.float()).pow(2).mean(-1)  # (B, T, N)
         weight = mask[:, None, :].expand_as(per_token).float()  # loss on masked tubes only
         return (per_token * weight).sum() / weight.sum()
+
+
+    def _block(self, block: ExpertBlock, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.grad_checkpointing and self.training:
+            return checkpoint(block, x, True, use_reentrant=False)  # joint_time=True
+        return block(x, joint_time=True)
 
 
 def pretrain_data(cfg: PretrainConfig) -> DataConfig:
