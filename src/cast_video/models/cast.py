@@ -85,8 +85,7 @@ class CASTConfig:
             raise ValueError(
                 f"the experts must have the same depth, got {self.spatial.depth} and {self.temporal.depth}"
             )
-        if self.spatial.patch_size != self.temporal.patch_size:
-            raise ValueError("the experts must share a patch size so their tokens align")
+        self._check_grids()
         if not self.heads:
             raise ValueError("at least one head is needed")
         names = [h.name for h in self.heads]
@@ -99,6 +98,16 @@ class CASTConfig:
             h.source == "fused" for h in self.heads
         ):
             raise ValueError("fusion 'add' needs equal expert widths; use 'adapter_add' or 'concat'")
+
+    def _check_grids(self) -> None:
+        """Token (t, n) of one expert must cover the pixels of token (t, n) of the other: equal grids."""
+        experts = {"spatial": self.spatial, "temporal": self.temporal}
+        grids = {role: e.grid(self.img_size) for role, e in experts.items()}  # raises if a side is not a multiple
+        if grids["spatial"] != grids["temporal"]:
+            said = [f"{role} {e.arch} (patch {e.patch_size} at {e.img_size or self.img_size} px) has "
+                    f"{grids[role]}x{grids[role]}" for role, e in experts.items()]
+            raise ValueError(f"the experts' token grids differ: {', '.join(said)}; set spatial.img_size / "
+                             "temporal.img_size to grid x patch so both see the same grid")
 
     @property
     def depth(self) -> int:
@@ -123,7 +132,7 @@ class CASTBlock(nn.Module):
         self.s_attn_adapter, self.t_attn_adapter = make(ds), make(dt)
         self.s_mlp_adapter, self.t_mlp_adapter = make(ds), make(dt)
         self.mlp_adapter_scale = cfg.mlp_adapter_scale
-        prefixes = dict(prefix_s=int(cfg.spatial.has_class_token), prefix_t=int(cfg.temporal.has_class_token))
+        prefixes = dict(prefix_s=cfg.spatial.num_prefix, prefix_t=cfg.temporal.num_prefix)
         if not cfg.exchanges_at(layer):
             self.exchange = None
         elif cfg.exchange == "lateral":
@@ -167,7 +176,7 @@ class CASTBlock(nn.Module):
 
     def _ffn(self, x: torch.Tensor, block: ExpertBlock, adapter: Adapter | None) -> torch.Tensor:
         h = block.norm2(x)
-        x = x + block.mlp(h)
+        x = x + block.feed_forward(h)
         if adapter is not None:
             x = x + self.drop_path(self.mlp_adapter_scale * adapter(h))
         return x
@@ -259,7 +268,7 @@ class CAST(nn.Module):
 
     # --- forward ------------------------------------------------------------------------------
     def forward_features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, 2T, H, W) -> spatial tokens (B, T, 1+N, Ds) and temporal tokens (B, T, N, Dt)."""
+        """(B, 3, 2T, H, W) -> spatial tokens (B, T, Ps+N, Ds) and temporal tokens (B, T, Pt+N, Dt) (P: prefix)."""
         self._check_input(video)
         xs = self.spatial.embed(video)
         xt = self.temporal.embed(video)

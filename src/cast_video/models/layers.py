@@ -81,15 +81,39 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(1.702 * x)
 
 
+ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU}
+
+
 class Mlp(nn.Module):
+    """fc2(act(fc1(x))); the activation is the one the expert's weights were trained with (`ACTIVATIONS`)."""
+
     def __init__(self, dim: int, hidden: int, act: str = "gelu"):
         super().__init__()
+        if act not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {act!r}")
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = QuickGELU() if act == "quick_gelu" else nn.GELU()
+        self.act = ACTIVATIONS[act]()
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+
+class AttentionPool(nn.Module):
+    """Multi-head attention pooling (SigLIP's MAP head): one learned query attends over the tokens,
+    then a residual MLP: z = MHCA(probe, X); out = z + MLP(LN(z))."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, act: str, eps: float):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(dim))
+        self.attn = CrossAttention(dim, heads)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, hidden, act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, D)."""
+        z = self.attn(self.probe.to(x.dtype).expand(x.shape[0], 1, -1), x)  # (B, 1, D)
+        return (z + self.mlp(self.norm(z)))[:, 0]
 
 
 class Adapter(nn.Module):
@@ -159,7 +183,7 @@ def zero_init(linear: nn.Linear) -> None:
         nn.init.zeros_(linear.bias)
 
 
-def interpolate_grid(pos: torch.Tensor, new_grid: tuple[int, int]) -> torch.Tensor:
+def interpolate_grid(pos: torch.Tensor, new_grid: tuple[int, int], antialias: bool = False) -> torch.Tensor:
     """Bicubic resize of a (h*w, D) grid of position embeddings to (H*W, D)."""
     n, dim = pos.shape
     side = int(math.isqrt(n))
@@ -168,5 +192,5 @@ def interpolate_grid(pos: torch.Tensor, new_grid: tuple[int, int]) -> torch.Tens
     if (side, side) == tuple(new_grid):
         return pos
     grid = rearrange(pos, "(h w) d -> 1 d h w", h=side).float()  # (1, D, h, w)
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)  # (1, D, H, W)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=antialias)  # (1, D, H, W)
     return rearrange(grid, "1 d h w -> (h w) d").to(pos.dtype)  # (H*W, D)

@@ -13,7 +13,10 @@ import re
 
 import torch
 
-EXPERT_FORMATS = ("openai_clip", "hf_clip", "videomae", "hf_videomae", "cast_video")
+EXPERT_FORMATS = ("openai_clip", "hf_clip", "hf_siglip", "hf_dinov2", "videomae", "hf_videomae", "cast_video")
+# The architecture each expert format holds (our own format holds any).
+ARCH_OF_FORMAT = {"openai_clip": "clip", "hf_clip": "clip", "hf_siglip": "siglip", "hf_dinov2": "dinov2",
+                  "videomae": "videomae", "hf_videomae": "videomae"}
 
 
 def _split_qkv_bias(bias: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -29,7 +32,9 @@ def detect_format(sd: dict[str, torch.Tensor]) -> str:
     if openai_visual or openai_bare:
         return "openai_clip"
     if any(".self_attn.q_proj." in k for k in keys) and any("embeddings.patch_embedding" in k for k in keys):
-        return "hf_clip"
+        return "hf_clip" if any("embeddings.class_embedding" in k for k in keys) else "hf_siglip"
+    if any(k.endswith("embeddings.cls_token") for k in keys) and any(".layer_scale1." in k for k in keys):
+        return "hf_dinov2"  # before VideoMAE: older DINOv2 files share its `attention.attention.query` names
     if any("attention.attention.query" in k for k in keys):
         return "hf_videomae"
     if any(k.startswith("blocks.") and ".clip_attn." in k for k in keys):
@@ -40,8 +45,8 @@ def detect_format(sd: dict[str, torch.Tensor]) -> str:
         return "cast_video"
     if "spatial.patch_embed.weight" in sd or "temporal.patch_embed.weight" in sd:
         return "cast_video"  # a whole CAST of ours; `load_expert` takes one expert out of it
-    raise ValueError("unrecognised checkpoint format: expected OpenAI CLIP, transformers CLIP, VideoMAE, "
-                     f"transformers VideoMAE, official CAST or cast-video keys; first keys: {keys[:5]}")
+    raise ValueError("unrecognised checkpoint format: expected OpenAI CLIP, transformers CLIP / SigLIP / DINOv2, "
+                     f"VideoMAE, transformers VideoMAE, official CAST or cast-video keys; first keys: {keys[:5]}")
 
 
 # OpenAI CLIP's text tower and joint-embedding parts, and the hyper-parameters its TorchScript file
@@ -119,6 +124,96 @@ def from_hf_clip(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
     return ours, extras
 
 
+def from_hf_siglip(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """transformers `SiglipVisionModel` / `SiglipModel` (SigLIP and SigLIP 2 FixRes) -> ViTExpert(siglip).
+
+    `post_layernorm` is the norm CAST fine-tunes (it precedes the attention-pooling head); the head's
+    `nn.MultiheadAttention` is split into our query and key/value projections."""
+    ours, extras, qkv = {}, [], {}
+    simple = {"embeddings.patch_embedding.weight": "patch_embed.weight",
+              "embeddings.patch_embedding.bias": "patch_embed.bias",
+              "embeddings.position_embedding.weight": "pos_embed", "post_layernorm.weight": "norm.weight",
+              "post_layernorm.bias": "norm.bias", "head.layernorm.weight": "map_head.norm.weight",
+              "head.layernorm.bias": "map_head.norm.bias",
+              "head.attention.out_proj.weight": "map_head.attn.proj.weight",
+              "head.attention.out_proj.bias": "map_head.attn.proj.bias"}
+    block = {"layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj", "mlp.fc1": "mlp.fc1",
+             "mlp.fc2": "mlp.fc2"}
+    for key, value in sd.items():
+        name = key.removeprefix("vision_model.")
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)", name)
+        head_mlp = re.fullmatch(r"head\.mlp\.(fc1|fc2)\.(weight|bias)", name)
+        if key.startswith(("text_model.", "logit_scale", "logit_bias")) or name == "embeddings.position_ids":
+            extras.append(key)
+        elif name in simple:
+            ours[simple[name]] = value
+        elif name == "head.probe":
+            ours["map_head.probe"] = value.reshape(-1)  # (1, 1, D) -> (D,)
+        elif name.startswith("head.attention.in_proj_"):  # (3D, ...) = [q; k; v]
+            leaf = name.rsplit("_", 1)[1]
+            ours[f"map_head.attn.q.{leaf}"], ours[f"map_head.attn.kv.{leaf}"] = value.split(
+                [value.shape[0] // 3, 2 * value.shape[0] // 3])
+        elif head_mlp:
+            ours[f"map_head.mlp.{head_mlp.group(1)}.{head_mlp.group(2)}"] = value
+        elif m and m.group(2) in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            qkv[(int(m.group(1)), m.group(2)[-6], m.group(3))] = value
+        elif m and m.group(2) in block:
+            ours[f"blocks.{m.group(1)}.{block[m.group(2)]}.{m.group(3)}"] = value
+        else:
+            ours[f"?{key}"] = value
+    ours.update(_fused_qkv(qkv))
+    return ours, extras
+
+
+def _fused_qkv(qkv: dict[tuple[int, str, str], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{(block, "q"|"k"|"v", "weight"|"bias"): tensor} -> our fused qkv weight and separate biases."""
+    ours = {}
+    for i in sorted({k[0] for k in qkv}):
+        ours[f"blocks.{i}.attn.qkv.weight"] = torch.cat([qkv[(i, c, "weight")] for c in "qkv"])
+        for c in "qkv":
+            if (i, c, "bias") in qkv:
+                ours[f"blocks.{i}.attn.{c}_bias"] = qkv[(i, c, "bias")]
+    return ours
+
+
+# DINOv2 block parts, under both of transformers' namings (the published files' and transformers 5's).
+_DINOV2_BLOCK = {"norm1": "norm1", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+                 "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj"}
+_DINOV2_QKV = {"attention.attention.query": "q", "attention.attention.key": "k", "attention.attention.value": "v",
+               "attention.q_proj": "q", "attention.k_proj": "k", "attention.v_proj": "v"}
+
+
+def from_hf_dinov2(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """transformers `Dinov2Model` / `Dinov2WithRegistersModel` -> ViTExpert(dinov2). The final
+    `layernorm` is the norm CAST fine-tunes; `mask_token` (for masked pre-training) has no place."""
+    ours, extras, qkv = {}, [], {}
+    simple = {"embeddings.patch_embeddings.projection.weight": "patch_embed.weight",
+              "embeddings.patch_embeddings.projection.bias": "patch_embed.bias",
+              "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias"}
+    squeeze = {"embeddings.cls_token": "class_embedding", "embeddings.position_embeddings": "pos_embed",
+               "embeddings.register_tokens": "register_tokens"}  # (1, ..., D) -> without the batch dimension
+    for key, value in sd.items():
+        name = key.removeprefix("dinov2.")
+        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)", name)
+        part = m.group(2) if m else None
+        if name == "embeddings.mask_token" or key.startswith("classifier."):
+            extras.append(key)
+        elif name in simple:
+            ours[simple[name]] = value
+        elif name in squeeze:
+            ours[squeeze[name]] = value.reshape(-1) if name.endswith("cls_token") else value[0]
+        elif m and part in ("layer_scale1", "layer_scale2"):
+            ours[f"blocks.{m.group(1)}.ls{part[-1]}"] = value
+        elif m and part in _DINOV2_QKV:
+            qkv[(int(m.group(1)), _DINOV2_QKV[part], m.group(3))] = value
+        elif m and part in _DINOV2_BLOCK:
+            ours[f"blocks.{m.group(1)}.{_DINOV2_BLOCK[part]}.{m.group(3)}"] = value
+        else:
+            ours[f"?{key}"] = value
+    ours.update(_fused_qkv(qkv))
+    return ours, extras
+
+
 def from_videomae(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
     """Official VideoMAE checkpoints -> ViTExpert(videomae).
 
@@ -184,8 +279,9 @@ def from_cast_video(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
     return dict(sd), []
 
 
-EXPERT_CONVERTERS = {"openai_clip": from_openai_clip, "hf_clip": from_hf_clip, "videomae": from_videomae,
-                     "hf_videomae": from_hf_videomae, "cast_video": from_cast_video}
+EXPERT_CONVERTERS = {"openai_clip": from_openai_clip, "hf_clip": from_hf_clip, "hf_siglip": from_hf_siglip,
+                     "hf_dinov2": from_hf_dinov2, "videomae": from_videomae, "hf_videomae": from_hf_videomae,
+                     "cast_video": from_cast_video}
 
 
 # The one place that names the official checkpoints' head keys. Classifiers: EK100's composition heads

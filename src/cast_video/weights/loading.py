@@ -16,10 +16,15 @@ from ..config_utils import from_dict, to_dict
 from ..models.cast import CAST, CASTConfig, HeadConfig
 from ..models.experts import ExpertConfig, ViTExpert
 from ..models.layers import interpolate_grid
-from .formats import EXPERT_CONVERTERS, EXPERT_FORMATS, OFFICIAL_HEADS, detect_format, from_official_cast
+from .formats import (
+    ARCH_OF_FORMAT,
+    EXPERT_CONVERTERS,
+    EXPERT_FORMATS,
+    OFFICIAL_HEADS,
+    detect_format,
+    from_official_cast,
+)
 from .io import HUB_ID, WeightsError, hub_snapshot, read_state_dict
-
-_ARCH_OF_FORMAT = {"openai_clip": "clip", "hf_clip": "clip", "videomae": "videomae", "hf_videomae": "videomae"}
 
 
 @dataclass
@@ -42,10 +47,12 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _resize_clip_positions(pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Bicubic resize of CLIP's position grid to another image size; the class position is kept."""
-    side = int(math.isqrt(target.shape[0] - 1))
-    return torch.cat([pos[:1], interpolate_grid(pos[1:], (side, side))])
+def _resize_positions(pos: torch.Tensor, target: torch.Tensor, expert: ViTExpert) -> torch.Tensor:
+    """Bicubic resize of a learned position grid to this expert's grid, as the expert's own library
+    resizes it (DINOv2 with antialiasing); a class position is kept as it is."""
+    keep = int(expert.cfg.spec.class_position)
+    side = int(math.isqrt(target.shape[0] - keep))
+    return torch.cat([pos[:keep], interpolate_grid(pos[keep:], (side, side), antialias=expert.cfg.resize_antialias)])
 
 
 def _select_cast_expert(sd: dict[str, torch.Tensor], expert: ViTExpert, role: str | None, where: str) -> dict:
@@ -53,7 +60,7 @@ def _select_cast_expert(sd: dict[str, torch.Tensor], expert: ViTExpert, role: st
     roles = [r for r in ("spatial", "temporal") if f"{r}.patch_embed.weight" in sd]
     if not roles:
         return sd
-    ndim = 4 if expert.cfg.arch == "clip" else 5  # Conv2d frames or Conv3d tubes
+    ndim = 4 if expert.cfg.spec.embed == "frames" else 5  # Conv2d frames or Conv3d tubes
     if role is None:
         matching = [r for r in roles if sd[f"{r}.patch_embed.weight"].ndim == ndim]
         if len(matching) != 1:
@@ -74,7 +81,7 @@ def load_expert(expert: ViTExpert, source, format: str | None = None, strict: bo
     fmt = format or detect_format(sd)
     if fmt not in EXPERT_FORMATS:
         raise WeightsError(f"{where}: format {fmt!r} is not an expert format ({', '.join(EXPERT_FORMATS)})")
-    arch = _ARCH_OF_FORMAT.get(fmt)
+    arch = ARCH_OF_FORMAT.get(fmt)
     if arch is not None and arch != expert.cfg.arch:
         raise WeightsError(f"{where}: {fmt} weights are a {arch} ViT, but this expert is {expert.cfg.arch}")
     if fmt == "cast_video":
@@ -89,8 +96,8 @@ def load_expert(expert: ViTExpert, source, format: str | None = None, strict: bo
     for key, value in ours.items():
         if key not in expected:
             continue
-        if key == "pos_embed" and expert.cfg.arch == "clip" and value.shape != expected[key].shape:
-            value = _resize_clip_positions(value, expected[key])
+        if key == "pos_embed" and expert.cfg.spec.positions == "learned" and value.shape != expected[key].shape:
+            value = _resize_positions(value, expected[key], expert)
         if value.shape != expected[key].shape:
             raise WeightsError(f"{where}: {key}: checkpoint has shape {tuple(value.shape)}, "
                                f"the model expects {tuple(expected[key].shape)}")

@@ -1,0 +1,211 @@
+"""Any expert: SigLIP and DINOv2 (with and without registers) against transformers' own forward.
+
+Each test builds a tiny transformers model from a config (offline), saves it, loads it as our expert
+and compares token features and pooled features in float32. transformers is the independent truth.
+"""
+
+import pytest
+import torch
+from einops import rearrange
+from transformers import (
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+    Dinov2WithRegistersModel,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+    VideoMAEConfig,
+    VideoMAEModel,
+)
+
+from cast_video import from_pretrained, save_pretrained
+from cast_video.models import CASTConfig, ExpertConfig, HeadConfig, ViTExpert
+from cast_video.normalization import PIXEL_STATS
+from cast_video.weights import WeightsError, detect_format, load_expert
+from cast_video.weights.experts import experts_config, from_experts, read_expert
+
+WIDTH, DEPTH, HEADS, PATCH, FRAMES = 32, 2, 4, 8, 4
+SMALL = dict(hidden_size=WIDTH, num_hidden_layers=DEPTH, num_attention_heads=HEADS, patch_size=PATCH)
+
+
+def _randomise(model):
+    """Random values everywhere (LayerNorms and LayerScales too), so that no weight can be silently skipped."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.2 + (1.0 if p.ndim == 1 and p.numel() == WIDTH else 0.0))
+    return model.eval()
+
+
+def _siglip(size=32):
+    return _randomise(SiglipVisionModel(SiglipVisionConfig(**SMALL, intermediate_size=48, image_size=size)))
+
+
+def _dinov2(size=32, registers=0):
+    if registers:
+        cfg = Dinov2WithRegistersConfig(**SMALL, mlp_ratio=3, image_size=size, num_register_tokens=registers)
+        return _randomise(Dinov2WithRegistersModel(cfg))
+    return _randomise(Dinov2Model(Dinov2Config(**SMALL, mlp_ratio=3, image_size=size)))
+
+
+def _ours(arch, img=32, **kw):
+    mlp = 48 / WIDTH if arch == "siglip" else 3.0
+    return ViTExpert(ExpertConfig(arch, WIDTH, DEPTH, HEADS, mlp_ratio=mlp, patch_size=PATCH, **kw), FRAMES, img).eval()
+
+
+def _frames(video):
+    return rearrange(video[:, :, 1::2], "b c t h w -> (b t) c h w")  # the frames an image expert sees
+
+
+CASES = [("siglip", {}, lambda size: _siglip(size)), ("dinov2", {}, lambda size: _dinov2(size)),
+         ("dinov2", {"num_registers": 2}, lambda size: _dinov2(size, registers=2))]
+
+
+@pytest.mark.parametrize("arch, extra, build", CASES, ids=["siglip", "dinov2", "dinov2_registers"])
+@pytest.mark.parametrize("trained_size", [32, 48], ids=["same_grid", "resized_positions"])
+def test_expert_tokens_and_pooling_equal_transformers(tmp_path, arch, extra, build, trained_size):
+    """Every token of every block output, and the pooled feature, as transformers computes them; at
+    another resolution than the checkpoint's, our load-time position resize equals transformers'
+    run-time interpolation."""
+    hf = build(trained_size)
+    hf.save_pretrained(tmp_path)
+    ours = _ours(arch, **extra)
+    report = load_expert(ours, str(tmp_path))
+    assert report.format == {"siglip": "hf_siglip", "dinov2": "hf_dinov2"}[arch]
+    assert report.missing == [] and report.unexpected == []
+    video = torch.randn(2, 3, FRAMES, 32, 32)
+    with torch.no_grad():
+        states = ours.forward_tokens(video, joint_time=False)
+        kwargs = {"interpolate_pos_encoding": True} if arch == "siglip" else {}
+        ref = hf(_frames(video), output_hidden_states=True, **kwargs)
+        pooled = ours.pool(states[-1])
+    assert len(states) == len(ref.hidden_states) == DEPTH + 1
+    for i, (mine, theirs) in enumerate(zip(states, ref.hidden_states, strict=True)):
+        torch.testing.assert_close(rearrange(mine, "b t l d -> (b t) l d"), theirs, rtol=1e-5, atol=1e-5, msg=f"{i}")
+    if arch == "siglip":  # the MAP head on each frame's normalised tokens, averaged over time
+        expected = rearrange(ref.pooler_output, "(b t) d -> b t d", b=2).mean(1)
+    else:  # DINOv2's pooled output is its final LayerNorm on the class token; over time, of the mean one
+        cls = rearrange(ref.hidden_states[-1][:, 0], "(b t) d -> b t d", b=2).mean(1)
+        expected = hf.layernorm(cls)
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_registers_are_prefix_tokens():
+    expert = _ours("dinov2", num_registers=3)
+    assert expert.num_prefix == 4
+    tokens = expert.embed(torch.randn(1, 3, FRAMES, 32, 32))
+    assert tokens.shape == (1, FRAMES // 2, 4 + 16, WIDTH)
+    with pytest.raises(ValueError, match="register tokens are a DINOv2 feature"):
+        ExpertConfig("siglip", num_registers=2)
+
+
+def test_formats_are_told_apart(tmp_path):
+    assert detect_format(_siglip().state_dict()) == "hf_siglip"
+    assert detect_format(_dinov2().state_dict()) == "hf_dinov2"
+    assert detect_format(_dinov2(registers=2).state_dict()) == "hf_dinov2"
+    # The names DINOv2 files on the hub carry (transformers 4), which VideoMAE shares in part.
+    renames = {"attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
+               "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense"}
+    old = {}
+    for key, value in _dinov2().state_dict().items():
+        for new_name, old_name in renames.items():
+            key = key.replace(new_name, old_name)
+        old[key] = value
+    assert detect_format(old) == "hf_dinov2"
+    a, b = _ours("dinov2"), _ours("dinov2")
+    _dinov2().save_pretrained(tmp_path / "new")
+    load_expert(a, str(tmp_path / "new"))
+    torch.save(old, tmp_path / "old.bin")
+    load_expert(b, str(tmp_path / "old.bin"))
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+    with pytest.raises(WeightsError, match="hf_siglip weights are a siglip ViT, but this expert is dinov2"):
+        _siglip().save_pretrained(tmp_path / "siglip")
+        load_expert(_ours("dinov2"), str(tmp_path / "siglip"))
+
+
+def _videomae(tmp_path, size=32):
+    torch.manual_seed(1)
+    hf = VideoMAEModel(VideoMAEConfig(**SMALL, intermediate_size=3 * WIDTH, image_size=size, num_frames=FRAMES,
+                                      tubelet_size=2, qkv_bias=True, use_mean_pooling=True, layer_norm_eps=1e-6))
+    hf.save_pretrained(tmp_path)
+    return hf.eval()
+
+
+def _write_preprocessor(folder, stats):
+    mean, std = PIXEL_STATS[stats]
+    (folder / "preprocessor_config.json").write_text(f'{{"image_mean": {list(mean)}, "image_std": {list(std)}}}')
+
+
+@pytest.mark.parametrize("arch, extra, build", CASES, ids=["siglip", "dinov2", "dinov2_registers"])
+def test_from_experts_reads_configs_and_reproduces_both_experts(tmp_path, arch, extra, build):
+    """CAST.from_experts: the architecture from each checkpoint's config.json, the pixel statistics from
+    its preprocessor config; with zero-initialised adapters and B-CAST, the pooled features are the two
+    experts' own, each on its own pixel statistics."""
+    hf_s = build(32)
+    hf_s.save_pretrained(tmp_path / "s")
+    _write_preprocessor(tmp_path / "s", "siglip" if arch == "siglip" else "imagenet")
+    hf_t = _videomae(tmp_path / "t")
+    model = from_experts(str(tmp_path / "s"), str(tmp_path / "t"), {"action": 5}, num_frames=FRAMES, img_size=32).eval()
+    cfg = model.config
+    assert (cfg.spatial.arch, cfg.spatial.width, cfg.spatial.depth, cfg.spatial.num_registers) == (
+        arch, WIDTH, DEPTH, extra.get("num_registers", 0))
+    assert cfg.spatial.norm == ("siglip" if arch == "siglip" else "imagenet") and cfg.temporal.norm == "imagenet"
+    pixels = torch.rand(2, 3, FRAMES, 32, 32)
+    mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in PIXEL_STATS[cfg.input_norm])
+    with torch.no_grad():
+        xs, xt = model.forward_features((pixels - mean) / std)
+        fs, ft = model.spatial.pool(xs), model.temporal.pool(xt)
+        s_mean, s_std = (torch.tensor(v).view(3, 1, 1, 1) for v in PIXEL_STATS[cfg.spatial.norm])
+        ref_s = hf_s(_frames((pixels - s_mean) / s_std), output_hidden_states=True)
+        ref_t = hf_t(rearrange((pixels - mean) / std, "b c t h w -> b t c h w"))
+    if arch == "siglip":
+        expected_s = rearrange(ref_s.pooler_output, "(b t) d -> b t d", b=2).mean(1)
+    else:
+        expected_s = hf_s.layernorm(rearrange(ref_s.hidden_states[-1][:, 0], "(b t) d -> b t d", b=2).mean(1))
+    torch.testing.assert_close(fs, expected_s, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ft, model.temporal.norm(ref_t.last_hidden_state.mean(1)), rtol=1e-4, atol=1e-4)
+    # The model round-trips through our format with the experts stored by reference.
+    save_pretrained(model, tmp_path / "cast")
+    again = from_pretrained(tmp_path / "cast").eval()
+    video = torch.randn(1, 3, FRAMES, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(again(video), model(video), rtol=0, atol=0)
+
+
+def test_grids_are_aligned_by_resizing_the_crop(tmp_path):
+    """Patch 8 and patch 12 experts on a 48 px crop: the temporal grid (48 / 8 = 6) sets it and the
+    spatial expert sees the crop at 6 x 12 = 72 px; a pair that cannot align names both grids."""
+    hf = _randomise(Dinov2Model(Dinov2Config(**{**SMALL, "patch_size": 12}, mlp_ratio=3, image_size=72)))
+    hf.save_pretrained(tmp_path / "s")
+    _videomae(tmp_path / "t", size=48)
+    model = from_experts(str(tmp_path / "s"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=48).eval()
+    assert model.config.spatial.img_size == 72 and model.config.temporal.img_size is None
+    assert model.spatial.grid == model.temporal.grid == 6
+    video = torch.randn(1, 3, FRAMES, 48, 48)
+    with torch.no_grad():
+        xs, _ = model.forward_features(video)
+        frames = torch.nn.functional.interpolate(_frames(video), size=(72, 72), mode="bilinear", antialias=True)
+        ref = hf(frames, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(rearrange(xs, "b t l d -> (b t) l d"), ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"grids differ: spatial dinov2 \(patch 12 at 48 px\) has 4x4, "
+                                         r"temporal videomae \(patch 8 at 48 px\) has 6x6"):
+        CASTConfig(spatial=ExpertConfig("dinov2", patch_size=12), temporal=ExpertConfig("videomae", patch_size=8),
+                   img_size=48, heads=[HeadConfig("a", 2)])
+
+
+def test_unsupported_checkpoints_are_named(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(WeightsError, match="model_type 'bert' is not a supported expert"):
+        read_expert(str(tmp_path / "x"))
+    _siglip().save_pretrained(tmp_path / "s")
+    _write_preprocessor(tmp_path / "s", "siglip")
+    (tmp_path / "s" / "preprocessor_config.json").write_text('{"image_mean": [0.1, 0.2, 0.3], "image_std": [1, 1, 1]}')
+    with pytest.raises(WeightsError, match="pixel statistics .* are none of"):
+        read_expert(str(tmp_path / "s"))
+    deep = _randomise(Dinov2Model(Dinov2Config(**{**SMALL, "num_hidden_layers": 3}, mlp_ratio=3, image_size=32)))
+    deep.save_pretrained(tmp_path / "deep")
+    _videomae(tmp_path / "t")
+    with pytest.raises(WeightsError, match="same depth"):
+        experts_config(str(tmp_path / "deep"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=32)
