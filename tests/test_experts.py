@@ -18,7 +18,8 @@ from transformers import (
     VideoMAEModel,
 )
 
-from cast_video import from_pretrained, save_pretrained
+from cast_video import CAST, from_pretrained, save_pretrained
+from cast_video.cli import main
 from cast_video.models import CASTConfig, ExpertConfig, HeadConfig, ViTExpert
 from cast_video.normalization import PIXEL_STATS
 from cast_video.weights import WeightsError, detect_format, load_expert
@@ -209,3 +210,45 @@ def test_unsupported_checkpoints_are_named(tmp_path):
     _videomae(tmp_path / "t")
     with pytest.raises(WeightsError, match="same depth"):
         experts_config(str(tmp_path / "deep"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=32)
+
+
+@pytest.mark.parametrize("spatial", [{"spatial.arch": "siglip", "spatial.norm": "siglip"},
+                                     {"spatial.arch": "dinov2", "spatial.num_registers": 2}], ids=["siglip", "dinov2"])
+def test_a_tiny_cast_with_a_new_pairing_trains(spatial):
+    """A few AdamW steps on a fixed batch: the loss falls, every trainable weight gets a gradient, and
+    the frozen experts (MAP head, registers and LayerScales included) do not move."""
+    torch.manual_seed(0)
+    model = CAST.from_preset("cast_tiny", **spatial).train()
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    assert any("map_head" in n or "register_tokens" in n for n in frozen)
+    params = [p for _, p in model.trainable_parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    video = torch.randn(4, 3, 8, 32, 32)
+    labels = {"verb": torch.tensor([0, 1, 2, 3]), "noun": torch.tensor([4, 5, 6, 7])}
+    losses = []
+    for _ in range(8):
+        out = model(video)
+        loss = sum(torch.nn.functional.cross_entropy(out[k], labels[k]) for k in labels)
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None for p in params)
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0]
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+
+
+def test_info_prints_the_pair_read_from_the_checkpoints(tmp_path, capsys):
+    _dinov2(registers=2).save_pretrained(tmp_path / "s")
+    _videomae(tmp_path / "t")
+    assert main(["info", "cast_tiny", "--spatial", str(tmp_path / "s"), "--temporal", str(tmp_path / "t")]) == 0
+    out = capsys.readouterr().out
+    assert f"spatial  dinov2 {WIDTH}x{DEPTH}, patch 8 at 32 px -> 4x4 grid, 3 prefix, pixels imagenet" in out
+    assert f"temporal videomae {WIDTH}x{DEPTH}, patch 8 at 32 px -> 4x4 grid, pixels imagenet" in out
+    model = CAST(experts_config(str(tmp_path / "s"), str(tmp_path / "t"), [HeadConfig("verb", 8, "temporal"),
+                 HeadConfig("noun", 10, "spatial")], num_frames=8, img_size=32))
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    assert f"parameters, frozen     {frozen:>14,}" in out
+    assert main(["info", "cast_tiny", "--spatial", str(tmp_path / "s")]) == 2  # one line, exit 2

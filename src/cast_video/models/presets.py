@@ -1,4 +1,5 @@
-"""Named configurations: the paper's three CAST-B/16 models, a tiny one, and the ablations.
+"""Named configurations: the paper's three CAST-B/16 models, two with newer experts, a tiny one, and
+the ablations.
 
 Class counts are facts of the datasets (EK100: 97 verbs and 300 nouns; SSV2: 174; K400: 400), not
 constants inside the model: a preset only fills `CASTConfig.heads`.
@@ -33,6 +34,19 @@ PRESETS: dict[str, CASTConfig] = {
     ),
     "cast_b16_k400": CASTConfig(
         spatial=_b16("clip"), temporal=_b16("videomae"), heads=[HeadConfig("action", 400, "fused")], drop_path=0.2,
+    ),
+    # Newer, permissively licensed spatial experts (weights: google/siglip2-base-patch16-224, Apache-2.0;
+    # facebook/dinov2-large, Apache-2.0) with VideoMAE (MCG-NJU/videomae-base / -large, CC-BY-NC-4.0).
+    # CAST-L: DINOv2-L/14 sees the 256 px crop at 224 px, so both grids are 16 x 16.
+    "cast_b16_siglip2_k400": CASTConfig(
+        spatial=dataclasses.replace(_b16("siglip"), norm="siglip"), temporal=_b16("videomae"),
+        heads=[HeadConfig("action", 400, "fused")], drop_path=0.2,
+    ),
+    "cast_l_dinov2_k400": CASTConfig(
+        spatial=ExpertConfig(arch="dinov2", width=1024, depth=24, heads=16, patch_size=14, img_size=224,
+                             norm="imagenet"),
+        temporal=ExpertConfig(arch="videomae", width=1024, depth=24, heads=16, patch_size=16),
+        heads=[HeadConfig("action", 400, "fused")], img_size=256, drop_path=0.2,
     ),
     # For tests and the demo: 8 frames of 32x32, 4x4 patches of 8 pixels, width 64, 4 blocks.
     "cast_tiny": CASTConfig(

@@ -117,7 +117,7 @@ def _align(spatial: ExpertConfig, temporal: ExpertConfig, img_size: int) -> tupl
 
 
 def experts_config(spatial, temporal, heads, num_frames: int = 16, img_size: int = 224,
-                   overrides: dict[str, Any] | None = None) -> CASTConfig:
+                   overrides: dict[str, Any] | list[str] | None = None) -> CASTConfig:
     """The CASTConfig of two checkpoints (folders or hub ids), read from their own configs; no weights."""
     s, t = read_expert(spatial), read_expert(temporal)
     s, t = _align(s, t, img_size)
@@ -129,7 +129,7 @@ def experts_config(spatial, temporal, heads, num_frames: int = 16, img_size: int
 
 
 def from_experts(spatial, temporal, heads, num_frames: int = 16, img_size: int = 224,
-                 overrides: dict[str, Any] | None = None, trusted: bool = False) -> CAST:
+                 overrides: dict[str, Any] | list[str] | None = None, trusted: bool = False) -> CAST:
     """A CAST whose experts are two pretrained checkpoints (transformers folders or hub ids), frozen
     and loaded; the architecture comes from each checkpoint's own config (see `experts_config`)."""
     model = CAST(experts_config(spatial, temporal, heads, num_frames, img_size, overrides))

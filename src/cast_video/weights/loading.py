@@ -212,7 +212,8 @@ def _mismatches(cfg: CASTConfig, found: CASTConfig, num_heads: int | None) -> li
     def heads(c: CASTConfig):
         return [(h.name, h.num_classes, h.source) for h in c.heads]
 
-    checks = {"width": (cfg.spatial.width, found.spatial.width), "depth": (cfg.depth, found.depth),
+    checks = {"experts": ((cfg.spatial.arch, cfg.temporal.arch), (found.spatial.arch, found.temporal.arch)),
+              "width": (cfg.spatial.width, found.spatial.width), "depth": (cfg.depth, found.depth),
               "patch size": (cfg.spatial.patch_size, found.spatial.patch_size),
               "frames": (cfg.num_frames, found.num_frames), "image size": (cfg.img_size, found.img_size),
               "bottleneck": (cfg.bottleneck_dim, found.bcast_dim), "heads": (heads(cfg), heads(found)),
