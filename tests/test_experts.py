@@ -1,4 +1,4 @@
-"""Any expert: SigLIP and DINOv2 (with and without registers) against transformers' own forward.
+"""Any expert: SigLIP, DINOv2 (with and without registers) and V-JEPA 2 against transformers' own forward.
 
 Each test builds a tiny transformers model from a config (offline), saves it, loads it as our expert
 and compares token features and pooled features in float32. transformers is the independent truth.
@@ -16,6 +16,8 @@ from transformers import (
     SiglipVisionModel,
     VideoMAEConfig,
     VideoMAEModel,
+    VJEPA2Config,
+    VJEPA2Model,
 )
 
 from cast_video import CAST, from_pretrained, save_pretrained
@@ -252,3 +254,47 @@ def test_info_prints_the_pair_read_from_the_checkpoints(tmp_path, capsys):
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     assert f"parameters, frozen     {frozen:>14,}" in out
     assert main(["info", "cast_tiny", "--spatial", str(tmp_path / "s")]) == 2  # one line, exit 2
+
+
+def _vjepa2(head_dim=16):
+    """A tiny V-JEPA 2: head_dim 16 gives three rotary sections of 4 channels and 4 channels left unrotated."""
+    cfg = VJEPA2Config(hidden_size=4 * head_dim, num_hidden_layers=DEPTH, num_attention_heads=4, mlp_ratio=2.0,
+                       patch_size=PATCH, tubelet_size=2, crop_size=32, frames_per_clip=FRAMES, pred_hidden_size=32,
+                       pred_num_hidden_layers=1, pred_num_attention_heads=4, pred_num_mask_tokens=2)
+    return _randomise(VJEPA2Model(cfg))
+
+
+@pytest.mark.parametrize("head_dim", [16, 12], ids=["with_unrotated_channels", "all_rotated"])
+def test_vjepa2_encoder_tokens_equal_transformers(tmp_path, head_dim):
+    """V-JEPA 2's encoder (3D rotary positions in every attention) as a temporal expert: every block's
+    tokens equal transformers' in joint space-time attention, the predictor is a known extra."""
+    hf = _vjepa2(head_dim)
+    hf.save_pretrained(tmp_path)
+    ours = ViTExpert(ExpertConfig("vjepa2", 4 * head_dim, DEPTH, 4, mlp_ratio=2.0, patch_size=PATCH), FRAMES, 32).eval()
+    report = load_expert(ours, str(tmp_path))
+    assert report.format == "hf_vjepa2" and report.missing == [] and report.unexpected == []
+    assert any(k.startswith("predictor.") for k in report.ignored)
+    captured = []
+    hf.encoder.embeddings.register_forward_hook(lambda m, i, o: captured.append(o))
+    for layer in hf.encoder.layer:
+        layer.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+    video = torch.randn(2, 3, FRAMES, 32, 32)
+    with torch.no_grad():
+        states = ours.forward_tokens(video, joint_time=True)
+        out = hf(rearrange(video, "b c t h w -> b t c h w"), skip_predictor=True)
+    assert len(captured) == DEPTH + 1
+    for i, (mine, theirs) in enumerate(zip(states, captured, strict=True)):
+        torch.testing.assert_close(rearrange(mine, "b t n d -> b (t n) d"), theirs, rtol=1e-5, atol=1e-5, msg=f"{i}")
+    torch.testing.assert_close(ours.norm(states[-1]).flatten(1, 2), out.last_hidden_state, rtol=1e-5, atol=1e-5)
+
+
+def test_vjepa2_from_experts_keeps_its_rotary_grid(tmp_path):
+    """V-JEPA 2's rotary grid is its checkpoint's crop (32 px here): a 24 px clip is resized to 32 for it,
+    and the patch-8 spatial expert is fed 32 px too, so both grids are 4 x 4."""
+    _vjepa2().save_pretrained(tmp_path / "t")
+    _siglip().save_pretrained(tmp_path / "s")
+    cfg = experts_config(str(tmp_path / "s"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=24)
+    assert (cfg.spatial.img_size, cfg.temporal.img_size) == (32, 32)
+    model = from_experts(str(tmp_path / "s"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=24).eval()
+    xs, xt = model.forward_features(torch.randn(1, 3, FRAMES, 24, 24))
+    assert xs.shape == (1, FRAMES // 2, 16, WIDTH) and xt.shape == (1, FRAMES // 2, 16, 64)

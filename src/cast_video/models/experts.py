@@ -1,8 +1,8 @@
-"""The frozen experts: image ViTs (CLIP, SigLIP, DINOv2) and a video ViT (VideoMAE), one interface.
+"""The frozen experts: image ViTs (CLIP, SigLIP, DINOv2), video ViTs (VideoMAE, V-JEPA 2), one interface.
 
 Every expert keeps its tokens in one layout, (B, T, P+N, D): T time steps (every second frame for an
-image expert, 2-frame tubes for VideoMAE), P prefix tokens (CLIP's and DINOv2's class token, DINOv2's
-registers; none for SigLIP and VideoMAE) and N patches of a grid x grid raster. B-CAST and pooling skip
+image expert, 2-frame tubes for a video expert), P prefix tokens (CLIP's and DINOv2's class token, DINOv2's
+registers; none for SigLIP, VideoMAE and V-JEPA 2) and N patches of a grid x grid raster. B-CAST and pooling skip
 the prefix. The role an expert plays decides only how attention groups those tokens: the spatial role
 attends within a time step ((B*T, L, D)), the temporal role over all of space-time ((B, T*L, D)). That
 is what lets Table 1(h) put either architecture in either role.
@@ -23,7 +23,7 @@ from einops import rearrange
 from torch import nn
 
 from ..normalization import PIXEL_STATS
-from .layers import AttentionPool, Mlp, SelfAttention, sinusoid_table, trunc_normal_init
+from .layers import AttentionPool, Mlp, RotaryPositions, SelfAttention, sinusoid_table, trunc_normal_init
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class ArchSpec:
 
     embed: str  # "frames": Conv2d patches of every second frame; "tubes": Conv3d over 2-frame tubes
     class_token: bool
-    positions: str  # "learned": a table resized to the grid when loaded; "sincos": fixed space-time table
+    positions: str  # "learned": a table resized to the grid when loaded; "sincos": fixed space-time table;
+    # "rope3d": rotary positions over (time, height, width) inside attention (V-JEPA 2)
     class_position: bool  # the class token has a learned position (CLIP, DINOv2)
     patch_bias: bool
     qkv_bias: str  # SelfAttention's: "qkv" or "qv"
@@ -48,6 +49,7 @@ ARCH_SPECS = {
     "videomae": ArchSpec("tubes", False, "sincos", False, True, "qv", "gelu", 1e-6, False, False, "mean"),
     "siglip": ArchSpec("frames", False, "learned", False, True, "qkv", "gelu_tanh", 1e-6, False, False, "map"),
     "dinov2": ArchSpec("frames", True, "learned", True, True, "qkv", "gelu", 1e-6, False, True, "cls"),
+    "vjepa2": ArchSpec("tubes", False, "rope3d", False, True, "qkv", "gelu", 1e-6, False, False, "mean"),
 }
 ARCHS = tuple(ARCH_SPECS)
 
@@ -64,6 +66,8 @@ class ExpertConfig:
       (MAP) head; SigLIP 2 FixRes checkpoints are this architecture.
     dinov2: Conv2d patches with bias, class token, `num_registers` register tokens (0 for plain
       DINOv2), learned positions for class and patches, LayerScale in both branches.
+    vjepa2: V-JEPA 2's encoder: Conv3d tubelets, no position table but 3D rotary positions in every
+      attention (their grid is the expert's: set `img_size` to the checkpoint's crop), q/k/v biases.
 
     `img_size` is the side this expert sees (None: the clip's). An expert whose patch differs is fed
     the same crop resized, so the same field of view gives the same grid: patch 14 at 224 px and patch
@@ -128,9 +132,10 @@ class ExpertBlock(nn.Module):
     inside their branches, so an adapter around a branch sees what the block would have added.
     """
 
-    def __init__(self, cfg: ExpertConfig):
+    def __init__(self, cfg: ExpertConfig, rope: nn.Module | None = None):
         super().__init__()
         spec = cfg.spec
+        self.rope = rope  # the expert's RotaryPositions, shared by its blocks (V-JEPA 2); None otherwise
         self.norm1 = nn.LayerNorm(cfg.width, eps=spec.ln_eps)
         self.attn = SelfAttention(cfg.width, cfg.heads, qkv_bias=spec.qkv_bias)
         self.norm2 = nn.LayerNorm(cfg.width, eps=spec.ln_eps)
@@ -143,7 +148,8 @@ class ExpertBlock(nn.Module):
         or over all of space-time."""
         b, t = x.shape[:2]
         pattern = "b t l d -> b (t l) d" if joint_time else "b t l d -> (b t) l d"
-        y = self.attn(rearrange(self.norm1(x), pattern))  # (B, T*L, D) or (B*T, L, D)
+        rope = self.rope.tables(joint_time) if self.rope is not None else None
+        y = self.attn(rearrange(self.norm1(x), pattern), rope)  # (B, T*L, D) or (B*T, L, D)
         if self.ls1 is not None:
             y = y * self.ls1.to(y.dtype)
         back = "b (t l) d -> b t l d" if joint_time else "(b t) l d -> b t l d"
@@ -198,9 +204,13 @@ class ViTExpert(nn.Module):
                                  f"with the spatial expert's frames (got {cfg.tubelet_size})")
             kernel = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
             self.patch_embed = nn.Conv3d(3, d, kernel, kernel)
-            table = sinusoid_table(self.num_steps * self.num_patches, d)  # (T*N, D)
-            self.register_buffer("pos_embed", table, persistent=False)
-        self.blocks = nn.ModuleList(ExpertBlock(cfg) for _ in range(cfg.depth))
+            if spec.positions == "sincos":
+                table = sinusoid_table(self.num_steps * self.num_patches, d)  # (T*N, D)
+                self.register_buffer("pos_embed", table, persistent=False)
+            else:
+                self.pos_embed = None
+        rope = RotaryPositions(self.num_steps, self.grid, d // cfg.heads) if spec.positions == "rope3d" else None
+        self.blocks = nn.ModuleList(ExpertBlock(cfg, rope) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d, eps=spec.ln_eps)
         if spec.pooling == "map":
             self.map_head = AttentionPool(d, cfg.heads, round(d * cfg.mlp_ratio), spec.act, spec.ln_eps)
@@ -252,8 +262,9 @@ class ViTExpert(nn.Module):
         if self.img_size != self.input_size:
             frames = self._resize(rearrange(video, "b c f h w -> (b f) c h w"))  # (B*2T, 3, h, w)
             video = rearrange(frames, "(b f) c h w -> b c f h w", b=b)
-        x = self.patch_embed(video)  # (B, D, T, h, w)
-        x = rearrange(x, "b d t h w -> b (t h w) d") + self.pos_embed.to(x.dtype)  # (B, T*N, D)
+        x = rearrange(self.patch_embed(video), "b d t h w -> b (t h w) d")  # (B, T*N, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed.to(x.dtype)
         return rearrange(x, "b (t n) d -> b t n d", t=self.num_steps)  # (B, T, N, D)
 
     def _frame_tokens(self, x: torch.Tensor) -> torch.Tensor:

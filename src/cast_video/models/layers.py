@@ -15,12 +15,16 @@ from einops import rearrange
 from torch import nn
 
 
-def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
+                         rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Scaled dot-product attention over projected tokens; the one attention of the package.
 
     q: (B, Lq, H*d), k and v: (B, Lk, H*d) -> (B, Lq, H*d). Scale is d**-0.5, as in CLIP and VideoMAE.
+    `rope` (cos, sin), each (L, d): rotary positions applied to q and k of every head (V-JEPA 2).
     """
     q, k, v = (rearrange(t, "b l (h d) -> b h l d", h=num_heads) for t in (q, k, v))  # (B, H, L, d)
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
     out = F.scaled_dot_product_attention(q, k, v)  # (B, H, Lq, d)
     return rearrange(out, "b h l d -> b l (h d)")  # (B, Lq, H*d)
 
@@ -51,10 +55,10 @@ class SelfAttention(nn.Module):
         k_bias = self.k_bias if self.k_bias is not None else torch.zeros_like(self.q_bias)
         return torch.cat([self.q_bias, k_bias, self.v_bias])  # (3*D,)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         qkv = F.linear(x, self.qkv.weight, self.qkv_bias_vector())  # (B, L, 3*D)
         q, k, v = qkv.chunk(3, dim=-1)  # 3 x (B, L, D)
-        return self.proj(multi_head_attention(q, k, v, self.num_heads))
+        return self.proj(multi_head_attention(q, k, v, self.num_heads, rope))
 
 
 class CrossAttention(nn.Module):
@@ -150,6 +154,49 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x (..., L, d) by the angles in cos / sin (L, d):
+    x * cos + (-x_{2i+1}, x_{2i}) * sin."""
+    pairs = x.unflatten(-1, (-1, 2))  # (..., L, d/2, 2)
+    swapped = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)  # (..., L, d)
+    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
+
+
+def rope_3d(steps: int, grid: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """V-JEPA 2's 3D rotary positions for `steps` x grid x grid tokens (t, h, w raster): (cos, sin),
+    each (steps*grid*grid, head_dim).
+
+    The head is split into three equal even sections (time, height, width; channels left over are not
+    rotated). In a section of size s, channel j turns by p * 10000^(-(j mod s/2) / (s/2)) for the
+    token's position p on that axis, the layout V-JEPA 2's weights were trained with.
+    """
+    section = 2 * (head_dim // 3 // 2)
+    t, h, w = torch.meshgrid(torch.arange(steps), torch.arange(grid), torch.arange(grid), indexing="ij")
+    omega = 1.0 / 10000 ** (torch.arange(section // 2, dtype=torch.float32) / (section / 2))  # (s/2,)
+    angles = [(pos.reshape(-1, 1).float() * omega).repeat(1, 2) for pos in (t, h, w)]  # 3 x (L, s)
+    rest = torch.zeros(steps * grid * grid, head_dim - 3 * section)  # (L, d - 3s): not rotated
+    angle = torch.cat([*angles, rest], dim=-1)  # (L, d)
+    return angle.cos(), angle.sin()
+
+
+class RotaryPositions(nn.Module):
+    """The rotary tables of one expert, shared by its blocks: for joint space-time attention over
+    (T*N) tokens, and for attention within a time step (N tokens; a time offset common to all tokens
+    would cancel in q.k anyway)."""
+
+    def __init__(self, steps: int, grid: int, head_dim: int):
+        super().__init__()
+        cos, sin = rope_3d(steps, grid, head_dim)
+        self.register_buffer("cos", cos, persistent=False)  # (T*N, d)
+        self.register_buffer("sin", sin, persistent=False)
+        self.per_step = grid * grid
+
+    def tables(self, joint_time: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if joint_time:
+            return self.cos, self.sin
+        return self.cos[: self.per_step], self.sin[: self.per_step]  # time step 0: (N, d)
 
 
 def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:

@@ -35,17 +35,18 @@ PRESETS: dict[str, CASTConfig] = {
     "cast_b16_k400": CASTConfig(
         spatial=_b16("clip"), temporal=_b16("videomae"), heads=[HeadConfig("action", 400, "fused")], drop_path=0.2,
     ),
-    # Newer, permissively licensed spatial experts (weights: google/siglip2-base-patch16-224, Apache-2.0;
-    # facebook/dinov2-large, Apache-2.0) with VideoMAE (MCG-NJU/videomae-base / -large, CC-BY-NC-4.0).
-    # CAST-L: DINOv2-L/14 sees the 256 px crop at 224 px, so both grids are 16 x 16.
+    # Newer experts. CAST-B: SigLIP 2 B/16 (google/siglip2-base-patch16-224, Apache-2.0) + VideoMAE-B
+    # (MCG-NJU/videomae-base, CC-BY-NC-4.0). CAST-L: DINOv2-L/14 (facebook/dinov2-large, Apache-2.0) +
+    # V-JEPA 2-L (facebook/vjepa2-vitl-fpc64-256, MIT) on a 256 px crop that DINOv2 sees at 224 px: both
+    # grids 16 x 16 (V-JEPA 2's rotary grid is its 256 px crop's).
     "cast_b16_siglip2_k400": CASTConfig(
         spatial=dataclasses.replace(_b16("siglip"), norm="siglip"), temporal=_b16("videomae"),
         heads=[HeadConfig("action", 400, "fused")], drop_path=0.2,
     ),
-    "cast_l_dinov2_k400": CASTConfig(
+    "cast_l_dinov2_vjepa2_k400": CASTConfig(
         spatial=ExpertConfig(arch="dinov2", width=1024, depth=24, heads=16, patch_size=14, img_size=224,
                              norm="imagenet"),
-        temporal=ExpertConfig(arch="videomae", width=1024, depth=24, heads=16, patch_size=16),
+        temporal=ExpertConfig(arch="vjepa2", width=1024, depth=24, heads=16, patch_size=16, norm="imagenet"),
         heads=[HeadConfig("action", 400, "fused")], img_size=256, drop_path=0.2,
     ),
     # For tests and the demo: 8 frames of 32x32, 4x4 patches of 8 pixels, width 64, 4 blocks.

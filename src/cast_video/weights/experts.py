@@ -4,7 +4,7 @@
 heads={"action": 400})` reads each transformers folder's (or hub id's) `config.json` for the
 architecture and `preprocessor_config.json` for the pixel statistics, aligns the two token grids, builds
 the model and loads both experts. Families: CLIP, SigLIP / SigLIP 2 FixRes, DINOv2 (with or without
-registers) and VideoMAE.
+registers), VideoMAE and V-JEPA 2.
 """
 
 from __future__ import annotations
@@ -36,6 +36,9 @@ FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
                                                      "num_register_tokens": 4}),
     "videomae": ("videomae", "imagenet", {**_B16, "intermediate_size": 3072, "patch_size": 16, "tubelet_size": 2,
                                           "hidden_act": "gelu"}),
+    "vjepa2": ("vjepa2", "imagenet", {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+                                      "mlp_ratio": 4.0, "patch_size": 16, "tubelet_size": 2, "crop_size": 256,
+                                      "hidden_act": "gelu"}),
 }
 _NESTED = {"clip": "clip_vision_model", "siglip": "siglip_vision_model"}  # whole image-text models
 _ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh"}
@@ -88,7 +91,8 @@ def read_expert(source: str | os.PathLike) -> ExpertConfig:
     mlp_ratio = c["intermediate_size"] / width if "intermediate_size" in c else float(c["mlp_ratio"])
     return ExpertConfig(arch=arch, width=width, depth=c["num_hidden_layers"], heads=c["num_attention_heads"],
                         mlp_ratio=mlp_ratio, patch_size=c["patch_size"], tubelet_size=c.get("tubelet_size", 2),
-                        norm=_pixel_stats(folder, stats), num_registers=c.get("num_register_tokens", 0))
+                        norm=_pixel_stats(folder, stats), num_registers=c.get("num_register_tokens", 0),
+                        img_size=c.get("crop_size"))  # V-JEPA 2's rotary grid is its crop's
 
 
 def _heads(heads) -> list[HeadConfig]:
@@ -100,14 +104,16 @@ def _heads(heads) -> list[HeadConfig]:
 
 
 def _align(spatial: ExpertConfig, temporal: ExpertConfig, img_size: int) -> tuple[ExpertConfig, ExpertConfig]:
-    """Give both experts the same grid over the same field of view: the grid is the one the temporal
-    expert's patch makes of the crop (else the spatial's), and the other expert sees the crop resized to
-    grid x its patch (patch 14 at 224 px = patch 16 at 256 px = 16 x 16)."""
-    base = temporal if img_size % temporal.patch_size == 0 else spatial
-    if img_size % base.patch_size:
+    """Give both experts the same grid over the same field of view. The grid is set by an expert whose
+    side is its own (V-JEPA 2: its rotary grid is its crop's), else by the temporal expert's patch on the
+    crop (else the spatial's); the other expert sees the crop resized to grid x its patch (patch 14 at
+    224 px = patch 16 at 256 px = 16 x 16)."""
+    fixed = [e for e in (temporal, spatial) if e.img_size is not None]  # an expert whose side is its own
+    base = fixed[0] if fixed else temporal if img_size % temporal.patch_size == 0 else spatial
+    if not fixed and img_size % base.patch_size:
         raise WeightsError(f"a {img_size} px crop is a multiple of neither expert's patch (spatial {spatial.arch} "
                            f"{spatial.patch_size}, temporal {temporal.arch} {temporal.patch_size})")
-    grid = img_size // base.patch_size
+    grid = (base.img_size or img_size) // base.patch_size
 
     def sized(e: ExpertConfig) -> ExpertConfig:
         side = grid * e.patch_size

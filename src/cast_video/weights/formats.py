@@ -13,10 +13,11 @@ import re
 
 import torch
 
-EXPERT_FORMATS = ("openai_clip", "hf_clip", "hf_siglip", "hf_dinov2", "videomae", "hf_videomae", "cast_video")
+EXPERT_FORMATS = ("openai_clip", "hf_clip", "hf_siglip", "hf_dinov2", "videomae", "hf_videomae", "hf_vjepa2",
+                  "cast_video")
 # The architecture each expert format holds (our own format holds any).
 ARCH_OF_FORMAT = {"openai_clip": "clip", "hf_clip": "clip", "hf_siglip": "siglip", "hf_dinov2": "dinov2",
-                  "videomae": "videomae", "hf_videomae": "videomae"}
+                  "videomae": "videomae", "hf_videomae": "videomae", "hf_vjepa2": "vjepa2"}
 
 
 def _split_qkv_bias(bias: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -33,6 +34,8 @@ def detect_format(sd: dict[str, torch.Tensor]) -> str:
         return "openai_clip"
     if any(".self_attn.q_proj." in k for k in keys) and any("embeddings.patch_embedding" in k for k in keys):
         return "hf_clip" if any("embeddings.class_embedding" in k for k in keys) else "hf_siglip"
+    if any(k.endswith("encoder.embeddings.patch_embeddings.proj.weight") for k in keys):
+        return "hf_vjepa2"
     if any(k.endswith("embeddings.cls_token") for k in keys) and any(".layer_scale1." in k for k in keys):
         return "hf_dinov2"  # before VideoMAE: older DINOv2 files share its `attention.attention.query` names
     if any("attention.attention.query" in k for k in keys):
@@ -214,6 +217,32 @@ def from_hf_dinov2(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
     return ours, extras
 
 
+def from_hf_vjepa2(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
+    """transformers `VJEPA2Model` / `VJEPA2ForVideoClassification` -> ViTExpert(vjepa2): the encoder only;
+    the predictor (for self-supervised training) and the attentive pooler are known extras. The
+    encoder's final `layernorm` is the norm CAST fine-tunes."""
+    ours, extras, qkv = {}, [], {}
+    block = {"norm1": "norm1", "norm2": "norm2", "attention.proj": "attn.proj", "mlp.fc1": "mlp.fc1",
+             "mlp.fc2": "mlp.fc2"}
+    for key, value in sd.items():
+        name = key.removeprefix("vjepa2.")
+        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias)", name)
+        if name.startswith(("predictor.", "pooler.", "classifier.")):
+            extras.append(key)
+        elif name.startswith("encoder.embeddings.patch_embeddings.proj."):
+            ours["patch_embed." + name.rsplit(".", 1)[1]] = value
+        elif name.startswith("encoder.layernorm."):
+            ours["norm." + name.rsplit(".", 1)[1]] = value
+        elif m and m.group(2) in ("attention.query", "attention.key", "attention.value"):
+            qkv[(int(m.group(1)), m.group(2).rsplit(".", 1)[1][0], m.group(3))] = value
+        elif m and m.group(2) in block:
+            ours[f"blocks.{m.group(1)}.{block[m.group(2)]}.{m.group(3)}"] = value
+        else:
+            ours[f"?{key}"] = value
+    ours.update(_fused_qkv(qkv))
+    return ours, extras
+
+
 def from_videomae(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
     """Official VideoMAE checkpoints -> ViTExpert(videomae).
 
@@ -281,7 +310,7 @@ def from_cast_video(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
 
 EXPERT_CONVERTERS = {"openai_clip": from_openai_clip, "hf_clip": from_hf_clip, "hf_siglip": from_hf_siglip,
                      "hf_dinov2": from_hf_dinov2, "videomae": from_videomae, "hf_videomae": from_hf_videomae,
-                     "cast_video": from_cast_video}
+                     "hf_vjepa2": from_hf_vjepa2, "cast_video": from_cast_video}
 
 
 # The one place that names the official checkpoints' head keys. Classifiers: EK100's composition heads
