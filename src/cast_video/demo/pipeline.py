@@ -14,7 +14,7 @@ run folder remembers its config, and refuses to mix results of different configs
 from __future__ import annotations
 
 import json
-import os
+import logging
 import time
 from pathlib import Path
 
@@ -22,14 +22,19 @@ import torch
 
 from ..config_utils import ConfigError, to_dict
 from ..data import DataConfig
+from ..errors import DataError
+from ..files import atomic_write, atomic_write_json
 from ..models.experts import ExpertConfig
 from ..pretrain import PretrainConfig, pretrain
+from ..weights.io import load_pickle_safely
 from .clips import ClipDataset, read_split
 from .config import DemoConfig
 from .experiment import method_config, train_method
 from .report import write_report
 from .spatial import train_spatial_expert
 from .synth import SPLITS, write_moving_digits
+
+logger = logging.getLogger(__name__)
 
 
 class Run:
@@ -46,12 +51,11 @@ class Run:
         if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(current)):
             raise ConfigError(f"{self.dir} holds a run with another config ({saved}); use another --run-dir "
                               "or delete it")
-        saved.write_text(json.dumps(current, indent=1))
+        atomic_write_json(saved, current, indent=1)
 
     def log(self, message: str) -> None:
-        from tqdm import tqdm
-
-        tqdm.write(message)
+        """To the `cast_video` log (the command line shows it) and to the run's log.txt."""
+        logger.info(message)
         with open(self.dir / "log.txt", "a") as f:
             f.write(f"{time.strftime('%H:%M:%S')} {message}\n")
 
@@ -67,9 +71,7 @@ class Run:
         t0 = time.time()
         result = fn()
         seconds = time.time() - t0
-        tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"seconds": seconds, "result": result}, indent=1))
-        os.replace(tmp, marker)
+        atomic_write_json(marker, {"seconds": seconds, "result": result}, indent=1)
         self.times[name] = (seconds, False)
         self.log(f"[{name}] done in {seconds:.0f} s")
         return result
@@ -97,13 +99,11 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path = "runs/demo", progress: bool 
         (run.dir / "cache").mkdir(exist_ok=True)
         for split in SPLITS:
             data = read_split(root, split, cfg.synth.num_frames, progress)
-            tmp = run.dir / "cache" / f"{split}.pt.tmp"
-            torch.save(data, tmp)
-            os.replace(tmp, run.dir / "cache" / f"{split}.pt")
+            atomic_write(run.dir / "cache" / f"{split}.pt", lambda f, data=data: torch.save(data, f))
         return {"cache": str(run.dir / "cache")}
 
     run.stage("decode", decode)
-    splits = {s: ClipDataset(torch.load(run.dir / "cache" / f"{s}.pt"), views=s != "train") for s in SPLITS}
+    splits = {s: ClipDataset(_read_cache(run.dir / "cache" / f"{s}.pt"), views=s != "train") for s in SPLITS}
 
     experts_dir = run.dir / "experts"
     spatial = run.stage("spatial", lambda: {k: v for k, v in train_spatial_expert(
@@ -153,6 +153,16 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path = "runs/demo", progress: bool 
     summary = json.loads((run.dir / "results.json").read_text())
     summary["total_seconds"] = total
     return summary
+
+
+def _read_cache(path: Path) -> dict[str, torch.Tensor]:
+    """A decoded split written by the decode stage: tensors only, so it is read with weights_only=True
+    (a run folder someone sent must not run code) and checked to hold what a split holds."""
+    data = load_pickle_safely(path)
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), torch.Tensor) for k in ("clips", "verb", "noun")):
+        marker = path.parent.parent / "stages" / "decode.json"
+        raise DataError(f"{path}: not a decoded split (clips, verb, noun); delete it and {marker} to decode again")
+    return data
 
 
 def _tensorboard(path: Path):

@@ -13,6 +13,8 @@ import re
 
 import torch
 
+from ..errors import WeightsError
+
 EXPERT_FORMATS = ("openai_clip", "hf_clip", "hf_siglip", "hf_dinov2", "videomae", "hf_videomae", "hf_vjepa2",
                   "cast_video")
 # The architecture each expert format holds (our own format holds any).
@@ -25,8 +27,8 @@ def _split_qkv_bias(bias: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"attn.q_bias": q, "attn.k_bias": k, "attn.v_bias": v}
 
 
-def detect_format(sd: dict[str, torch.Tensor]) -> str:
-    """The source format of a flat state dict, from its key names."""
+def detect_format(sd: dict[str, torch.Tensor], where: str = "checkpoint") -> str:
+    """The source format of a flat state dict, from its key names; `where` names the file in the error."""
     keys = list(sd)
     openai_visual = any(k.startswith("visual.transformer.resblocks.") for k in keys)
     openai_bare = "conv1.weight" in sd and any(k.startswith("transformer.resblocks.") for k in keys)
@@ -48,8 +50,9 @@ def detect_format(sd: dict[str, torch.Tensor]) -> str:
         return "cast_video"
     if "spatial.patch_embed.weight" in sd or "temporal.patch_embed.weight" in sd:
         return "cast_video"  # a whole CAST of ours; `load_expert` takes one expert out of it
-    raise ValueError("unrecognised checkpoint format: expected OpenAI CLIP, transformers CLIP / SigLIP / DINOv2, "
-                     f"VideoMAE, transformers VideoMAE, official CAST or cast-video keys; first keys: {keys[:5]}")
+    raise WeightsError(f"{where}: unrecognised checkpoint format: expected OpenAI CLIP, transformers CLIP / SigLIP "
+                       f"/ DINOv2, VideoMAE, transformers VideoMAE, official CAST or cast-video keys; first keys: "
+                       f"{keys[:5]}")
 
 
 # OpenAI CLIP's text tower and joint-embedding parts, and the hyper-parameters its TorchScript file

@@ -15,7 +15,9 @@ import argparse
 import json
 import os
 import pickle
+import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -35,6 +37,9 @@ _STORAGE_DTYPES = {
     "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
 }
 
+_ALLOWED_GLOBALS = {"argparse.Namespace"}  # a bag of values, see the module docstring
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+_TRUST_HINT = "; if you trust the file, pass trusted=True (--trusted on the command line)"
 _JIT_CONTAINERS = {"build_intlist": list, "build_doublelist": list, "build_boollist": list, "build_tensorlist": list,
                    "restore_type_tag": lambda value, _type: value}
 
@@ -106,8 +111,8 @@ def read_torchscript(path: Path) -> dict[str, torch.Tensor]:
         with zf.open(f"{roots[0]}/data.pkl") as f:
             try:
                 root = _TorchScriptUnpickler(f, zf, roots[0]).load()
-            except (pickle.UnpicklingError, ValueError, KeyError) as err:
-                raise WeightsError(f"{path}: cannot read the TorchScript archive's weights: {err}") from err
+            except Exception as err:  # nothing ran: the unpickler admits no callable but tensor rebuilding
+                raise WeightsError(f"{path}: cannot read the TorchScript archive's weights: {_reason(err)}") from err
     if not isinstance(root, _ScriptObject):
         raise WeightsError(f"{path}: the TorchScript archive does not hold a module")
     out: dict[str, torch.Tensor] = {}
@@ -125,20 +130,79 @@ def unwrap(obj, where: str) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _load_pickle(path: Path, trusted: bool):
-    """`torch.load`, memory-mapped when the file is a zip (every file written by torch >= 1.6)."""
-    mmap = zipfile.is_zipfile(path)
+def _pickle_globals(file) -> list[str]:
+    """The classes and functions a plain pickle names, read from its opcodes without unpickling it."""
+    strings, names = [], []
+    for op, arg, _ in pickletools.genops(file):
+        if isinstance(arg, str) and "UNICODE" in op.name:
+            strings.append(arg)
+        elif op.name in ("GLOBAL", "INST"):
+            names.append(arg.replace(" ", "."))
+        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+            names.append(f"{strings[-2]}.{strings[-1]}")
+    return names
+
+
+def unsafe_globals(path: Path) -> list[str]:
+    """What a pickle names beyond tensors and plain containers, without running it; [] if it cannot tell."""
     try:
-        if trusted:
-            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        if zipfile.is_zipfile(path):
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        else:
+            with open(path, "rb") as f:
+                found = [g for g in _pickle_globals(f) if not g.startswith(("torch.", "collections.OrderedDict"))]
+    except Exception:  # not a pickle at all: the caller's error says why it cannot be read
+        return []
+    return [g for g in dict.fromkeys(found) if g not in _ALLOWED_GLOBALS]
+
+
+def _reason(err: Exception) -> str:
+    """The line of an error that says what is wrong (torch's weights-only errors wrap it in advice)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_BOILERPLATE)]
+    return f"{type(err).__name__}: {(useful or lines or [''])[0][:200]}"
+
+
+def refusal(path: Path, err: Exception, hint: str) -> str:
+    """A one-line message for a pickle that `torch.load(weights_only=True)` refused."""
+    unsafe = unsafe_globals(path)
+    if unsafe:
+        return (f"{path}: refused: the file's pickle refers to {', '.join(unsafe[:4])}, which could run code "
+                f"(only tensors and plain containers are loaded){hint}")
+    return f"{path}: not a checkpoint that can be read safely ({_reason(err)})"
+
+
+def load_pickle_safely(path: Path, mmap: bool | None = None):
+    """`torch.load(weights_only=True)`: tensors, plain containers and `argparse.Namespace`, nothing else.
+
+    Memory-mapped when the file is a zip (every file written by torch >= 1.6). A refusal is a
+    one-line `WeightsError` naming the file and what the pickle asked for.
+    """
+    mmap = zipfile.is_zipfile(path) if mmap is None else mmap
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr; the refusal says enough
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except Exception as err:
+            raise WeightsError(refusal(path, err, _TRUST_HINT)) from err
+
+
+def _load_pickle(path: Path, trusted: bool):
+    if not trusted:
+        return load_pickle_safely(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(path))
     except Exception as err:
-        if trusted:
-            raise WeightsError(f"{path}: cannot be read: {err}") from err
-        raise WeightsError(f"{path}: cannot be read with weights_only=True ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0][:200]}); if you trust the file, pass trusted=True "
-                           "(--trusted on the command line)") from err
+        raise WeightsError(f"{path}: cannot be read: {_reason(err)}") from err
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file (which holds tensors only, so it cannot run code), or a one-line error naming it."""
+    try:
+        return load_file(str(path))
+    except Exception as err:  # SafetensorError, or an OSError on an unreadable file
+        raise WeightsError(f"{path}: not a readable safetensors file ({_reason(err)})") from err
 
 
 def _read_directory(path: Path, trusted: bool) -> dict[str, torch.Tensor]:
@@ -148,7 +212,7 @@ def _read_directory(path: Path, trusted: bool) -> dict[str, torch.Tensor]:
             continue
         if not name.endswith(".index.json"):
             return read_file(file, trusted)
-        shards = sorted(set(json.loads(file.read_text())["weight_map"].values()))
+        shards = sorted(set(read_json(file, "weight_map")["weight_map"].values()))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
             state.update(read_file(path / shard, trusted))
@@ -158,12 +222,26 @@ def _read_directory(path: Path, trusted: bool) -> dict[str, torch.Tensor]:
 
 def read_file(path: Path, trusted: bool = False) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return read_safetensors(path)
     if is_torchscript(path):
         if trusted:  # the TorchScript runtime itself, as OpenAI's clip.load does
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         return read_torchscript(path)
     return unwrap(_load_pickle(path, trusted), str(path))
+
+
+def read_json(path: Path, *required: str) -> dict:
+    """A JSON object with the `required` keys, or a one-line error naming the file and the key."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise WeightsError(f"{path}: not a readable JSON file ({_reason(err)})") from err
+    if not isinstance(data, dict):
+        raise WeightsError(f"{path}: expected a JSON object")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise WeightsError(f"{path}: no {missing[0]!r} key")
+    return data
 
 
 def hub_snapshot(repo_id: str, patterns: list[str]) -> Path:

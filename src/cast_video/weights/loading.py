@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -10,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save
 
-from ..config_utils import from_dict, to_dict
+from ..config_utils import ConfigError, from_dict, to_dict
+from ..files import atomic_write_bytes, atomic_write_json
 from ..models.cast import CAST, CASTConfig, HeadConfig
 from ..models.experts import ExpertConfig, ViTExpert
 from ..models.layers import interpolate_grid
@@ -24,7 +24,7 @@ from .formats import (
     detect_format,
     from_official_cast,
 )
-from .io import HUB_ID, WeightsError, hub_snapshot, read_state_dict
+from .io import HUB_ID, WeightsError, hub_snapshot, read_json, read_safetensors, read_state_dict
 
 
 @dataclass
@@ -78,7 +78,7 @@ def load_expert(expert: ViTExpert, source, format: str | None = None, strict: bo
     Nothing is copied into the expert unless every check passes, so a failed load leaves it untouched.
     """
     sd, where = read_state_dict(source, trusted)
-    fmt = format or detect_format(sd)
+    fmt = format or detect_format(sd, where)
     if fmt not in EXPERT_FORMATS:
         raise WeightsError(f"{where}: format {fmt!r} is not an expert format ({', '.join(EXPERT_FORMATS)})")
     arch = ARCH_OF_FORMAT.get(fmt)
@@ -149,13 +149,26 @@ def save_pretrained(model: CAST, directory: str | os.PathLike, full: bool = Fals
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
              if full or k in keep or k.split(".", 1)[0] not in referenced}
     meta = {"format": "cast-video", "full": full, "experts": referenced, "config": to_dict(model.config)}
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp", delete=False) as tmp:
-        save_file(state, tmp.name)
-    os.replace(tmp.name, directory / "model.safetensors")
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as tmp:
-        json.dump(meta, tmp, indent=2)
-    os.replace(tmp.name, directory / "config.json")
+    atomic_write_bytes(directory / "model.safetensors", save(state))
+    atomic_write_json(directory / "config.json", meta)
     return directory
+
+
+def _model_config_file(path: Path) -> Path:
+    """`path/config.json`, or an error that names the folder inside `path` that holds a model (a run folder)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise WeightsError(f"{path}: a model is a folder written by save_pretrained or train "
+                           "(config.json + model.safetensors), not a file")
+    if (path / "config.json").exists():
+        return path / "config.json"
+    inside = [c.parent for pattern in ("*/config.json", "*/*/config.json") for c in sorted(path.glob(pattern))]
+    models = [str(d) for d in inside if (d / "model.safetensors").exists()]
+    if models:
+        more = f" (and {len(models) - 1} more)" if len(models) > 1 else ""
+        raise WeightsError(f"{path}: no model in this folder itself, but {models[0]} holds one{more}; pass that folder")
+    raise WeightsError(f"{path}: no config.json: not a folder written by save_pretrained or train")
 
 
 def from_pretrained(source: str | os.PathLike, load_expert_weights: bool = True) -> CAST:
@@ -164,13 +177,14 @@ def from_pretrained(source: str | os.PathLike, load_expert_weights: bool = True)
     path = Path(source)
     if not path.exists() and isinstance(source, str) and HUB_ID.fullmatch(source):
         path = hub_snapshot(source, ["config.json", "model.safetensors"])
-    config_file = path / "config.json"
-    if not config_file.exists():
-        raise FileNotFoundError(f"{path}: no config.json (is this a directory written by save_pretrained?)")
-    meta = json.loads(config_file.read_text())
-    if meta.get("format") != "cast-video":
+    config_file = _model_config_file(path)
+    meta = read_json(config_file)
+    if meta.get("format") != "cast-video" or not isinstance(meta.get("config"), dict):
         raise WeightsError(f"{config_file}: not written by cast-video's save_pretrained")
-    model = CAST(from_dict(CASTConfig, meta["config"]))
+    try:
+        model = CAST(from_dict(CASTConfig, meta["config"]))
+    except ConfigError as err:
+        raise WeightsError(f"{config_file}: {err}") from err
     experts = meta.get("experts", {})
     if load_expert_weights:
         for role, ref in experts.items():
@@ -180,7 +194,7 @@ def from_pretrained(source: str | os.PathLike, load_expert_weights: bool = True)
                 raise WeightsError(f"{config_file}: the {role} expert is stored by reference and its source "
                                    f"cannot be loaded ({err}); save with full=True to carry it, or pass "
                                    "load_expert_weights=False") from err
-    state = load_file(str(path / "model.safetensors"))
+    state = read_safetensors(path / "model.safetensors")
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
         raise WeightsError(f"{path}: unexpected keys {result.unexpected_keys[:8]}")
@@ -264,7 +278,7 @@ def load_official_cast(source, preset: str | None = None, trusted: bool = False,
     Every weight must find its place: the result computes what the official model computes.
     """
     sd, where = read_state_dict(source, trusted)
-    if detect_format(sd) != "official_cast":
+    if detect_format(sd, where) != "official_cast":
         raise WeightsError(f"{where}: not an official CAST checkpoint")
     cfg = _official_config(sd, preset, num_heads, where)
     model = CAST(cfg)
