@@ -29,9 +29,11 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import ConfigError
 from .models import CAST, preset_config
 from .models.cast import CASTConfig
 from .models.counting import count_gmacs
+from .precision import DTYPES, resolve_precision
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, for MFU.
 # Matched against torch.cuda.get_device_name in order, so the more specific names come first.
@@ -39,7 +41,6 @@ BF16_PEAK_TFLOPS = [
     ("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("B200", 2250.0),
     ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0), ("4090", 165.2),
 ]
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODES = ("infer", "train")
 ATTENTIONS = ("sdpa", "math")
 
@@ -73,6 +74,7 @@ class BenchResult:
     mfu: float | None
     peak_tflops: float | None
     torch_version: str
+    precision_reason: str = ""
 
 
 def bf16_peak_tflops(gpu_name: str) -> float | None:
@@ -135,6 +137,18 @@ def logits_loss(out) -> torch.Tensor:
     return sum(x.float().logsumexp(-1).mean() for x in out)
 
 
+def check_settings(mode: str, attention: str, steps: int, warmup: int, batch: int = 1) -> None:
+    """Settings a user types, checked before any work (one-line ConfigErrors)."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    if attention not in ATTENTIONS:
+        raise ConfigError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    if steps < 1 or warmup < 0:
+        raise ConfigError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    if batch < 1:
+        raise ConfigError(f"batch must be positive, got {batch}")
+
+
 def measure(model: nn.Module, inputs: torch.Tensor, mode: str = "infer",
             params: Iterable[nn.Parameter] | None = None, precision: str = "fp32", attention: str = "sdpa",
             steps: int = 3, warmup: int = 1, loss_fn: Callable = logits_loss) -> Measurement:
@@ -145,14 +159,9 @@ def measure(model: nn.Module, inputs: torch.Tensor, mode: str = "infer",
     `attention="math"` forces PyTorch's reference attention (`SDPBackend.MATH`) for every
     `scaled_dot_product_attention` call; modules that write attention out by hand are unaffected.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    check_settings(mode, attention, steps, warmup)
     if precision not in DTYPES:
-        raise ValueError(f"precision must be one of {tuple(DTYPES)}, got {precision!r}")
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+        raise ConfigError(f"precision must be one of {tuple(DTYPES)}, got {precision!r}")
     device = inputs.device
     train = mode == "train"
     model.train(train)
@@ -216,22 +225,28 @@ def count_step_gflops(config: CASTConfig, mode: str, batch: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: str = "fp32", attention: str = "sdpa",
+def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: str = "auto", attention: str = "sdpa",
                   compile: bool = False, grad_checkpointing: bool = False, steps: int = 3, warmup: int = 1,
                   device: str = "auto", threads: int | None = None, peak_tflops: float | None = None,
                   overrides: dict | None = None) -> BenchResult:
-    """Build `preset` (random weights: speed does not depend on their values) and measure it."""
-    if batch < 1:
-        raise ValueError(f"batch must be positive, got {batch}")
+    """Build `preset` (random weights: speed does not depend on their values) and measure it.
+
+    `precision="auto"` resolves as training and predict resolve it (`cast_video.precision`); in bf16 the
+    frozen experts are stored in bf16 (`CAST.cast_frozen_`), as predict and training store them.
+    """
+    check_settings(mode, attention, steps, warmup, batch)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if threads is not None:
         torch.set_num_threads(threads)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     cfg = preset_config(preset, overrides)
+    precision, reason = resolve_precision(precision, dev, cfg)
     torch.manual_seed(0)
     # Model FLOPs (for MFU) are counted on `cfg`, without the recomputation checkpointing adds.
     model = CAST(dataclasses.replace(cfg, grad_checkpointing=grad_checkpointing)).to(dev)
+    if precision == "bf16":
+        model.cast_frozen_(torch.bfloat16)
     runner = torch.compile(model) if compile else model
     video = torch.randn(batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=dev)
     params = [p for _, p in model.trainable_parameters()]
@@ -243,5 +258,5 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
         preset, mode, batch, precision, attention, compile, grad_checkpointing, device_name(dev),
         torch.get_num_threads(), round(m.ms_per_step, 1), round(batch * 1000 / m.ms_per_step, 4),
         round(m.peak_memory_gb, 3), m.memory_kind, round(m.cpu_busy, 2), round(count_gmacs(cfg), 4), round(gflops, 3),
-        round(mfu, 4) if mfu is not None else None, peak_tflops, torch.__version__,
+        round(mfu, 4) if mfu is not None else None, peak_tflops, torch.__version__, reason,
     )

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 from ..models import PRESETS
+from ..precision import PRECISIONS
 
 
 def register(sub) -> None:
@@ -16,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("--mode", choices=["infer", "train"], default="infer",
                    help="train: forward, backward and an AdamW step over the trainable parameters")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="autocast dtype; auto: bf16 where it is faster than fp32 (see docs/benchmarks.md)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--attention", choices=["sdpa", "math"], default="sdpa",
                    help="sdpa: the fastest kernel PyTorch has for the device; math: the reference path")
@@ -41,6 +43,7 @@ def run(args) -> int:
     print(f"{r.preset} {r.mode}, batch {r.batch}, {r.precision}, attention {r.attention}"
           f"{', compiled' if r.compile else ''}{', grad checkpointing' if r.grad_checkpointing else ''}"
           f" on {r.device} ({r.threads} threads), PyTorch {r.torch_version}")
+    print(f"  precision {r.precision}: {r.precision_reason}")
     print(f"  {r.ms_per_step:.1f} ms/step, {r.clips_per_s:.3f} clips/s")
     print(f"  peak memory {r.peak_memory_gb:.3f} GB ({r.memory_kind})")
     if r.memory_kind != "cuda max allocated":

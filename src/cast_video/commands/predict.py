@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from ..precision import PRECISIONS
 from ..weights import from_pretrained
 
 
@@ -17,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--window", type=float, help="seconds per window: predict a timeline over a long video")
     p.add_argument("--stride", type=float, help="seconds between windows (default: the window)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="autocast dtype; auto: bf16 where it is faster than fp32 (see docs/benchmarks.md)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
@@ -25,7 +28,7 @@ def run(args) -> int:
     from ..engine.predict import Predictor, find_videos, load_class_names, summarize
 
     model = from_pretrained(args.model)
-    predictor = Predictor(model, load_class_names(args.model), args.clips, args.crops, args.device)
+    predictor = Predictor(model, load_class_names(args.model), args.clips, args.crops, args.device, args.precision)
     results = []
     for video in find_videos(args.path):
         if args.window:

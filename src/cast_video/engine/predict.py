@@ -16,6 +16,7 @@ from ..data.annotations import VIDEO_SUFFIXES
 from ..data.dataset import test_crops
 from ..data.sampling import segment_indices
 from ..models import CAST
+from ..precision import resolve_precision
 from .loop import predict_views
 
 
@@ -31,10 +32,16 @@ def _top(probs: torch.Tensor, names: list[str] | None, k: int) -> list[dict]:
 
 
 class Predictor:
+    """Multi-view predictions of a CAST. `precision="auto"` picks bf16 where it is faster (see
+    `cast_video.precision`); in bf16 the model's frozen weights are stored in bf16 (`CAST.cast_frozen_`)."""
+
     def __init__(self, model: CAST, class_names: dict[str, list[str]] | None = None, clips: int = 2, crops: int = 3,
-                 device: str = "cpu", precision: str = "fp32", batch_size: int = 4):
+                 device: str = "cpu", precision: str = "auto", batch_size: int = 4):
         cfg = model.config
         self.model = model.to(device).eval()
+        precision, self.precision_reason = resolve_precision(precision, device, cfg)
+        if precision == "bf16":
+            self.model.cast_frozen_(torch.bfloat16)
         self.names = class_names or {}
         self.data = DataConfig(num_frames=cfg.num_frames, input_size=cfg.img_size, short_side=cfg.img_size,
                                test_clips=clips, test_crops=crops, norm=cfg.input_norm)

@@ -248,6 +248,22 @@ class CAST(nn.Module):
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 
+    def cast_frozen_(self, dtype: torch.dtype) -> CAST:
+        """Store the frozen Linear and Conv weights and biases in `dtype` (in place), for autocast runs.
+
+        Autocast caches its casts of weights that require grad only, so under bf16 autocast every
+        frozen fp32 matmul weight is cast again in every forward. Cast once here, the matmuls get the
+        same bf16 values (so the same outputs) at half the weight memory and without the casts.
+        Trainable weights stay fp32 for the optimizer; norms, position tables and the class token
+        stay fp32 as autocast keeps them. Run the model under autocast of `dtype` from then on.
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+                for param in module.parameters(recurse=False):
+                    if not param.requires_grad:
+                        param.data = param.data.to(dtype)
+        return self
+
     def layer_id(self, name: str) -> int:
         """Depth of a parameter for layer-wise learning-rate decay: 0 for the embeddings, i+1 for block
         i (both experts and both exchange directions of a block share it), depth+1 for norms and heads."""
