@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from .errors import CastVideoError
@@ -24,12 +25,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (a message quoting a multi-line cause keeps every part)."""
+    return "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
+class _ConsoleHandler(logging.Handler):
+    """The library's log records (`logging`, as library code must use) on stderr, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _show_library_log() -> None:
+    log = logging.getLogger("cast_video")
+    if not any(isinstance(h, _ConsoleHandler) for h in log.handlers):
+        log.addHandler(_ConsoleHandler())
+    log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _show_library_log()
     try:
         return args.func(args) or 0
-    except (CastVideoError, FileNotFoundError) as err:
-        print(f"cast-video {args.command}: error: {err}", file=sys.stderr)
+    except (CastVideoError, OSError) as err:  # OSError: a missing, unreadable or unwritable path the user gave
+        print(f"cast-video {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 

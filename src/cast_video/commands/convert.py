@@ -8,15 +8,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import tempfile
-from pathlib import Path
 
-from safetensors.torch import save_file
+from safetensors.torch import save
 
+from ..files import atomic_write_bytes
 from ..models import CAST, PRESETS, ViTExpert, preset_config
-from ..weights import EXPERT_FORMATS, WeightsError, load_expert, load_experts, load_official_cast, save_pretrained
+from ..weights import EXPERT_FORMATS, load_expert, load_experts, load_official_cast, save_pretrained
 
 
 def register(sub) -> None:
@@ -52,15 +49,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    try:
-        _convert(args)
-    except WeightsError as err:
-        print(f"cast-video convert: error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _convert(args) -> None:
     if args.kind == "official":
         model = load_official_cast(args.checkpoint, preset=args.preset, trusted=args.trusted,
                                    num_heads=args.num_heads)
@@ -79,9 +67,6 @@ def _convert(args) -> None:
         cfg = preset_config(args.preset, args.set)
         expert = ViTExpert(getattr(cfg, args.role), cfg.num_frames, cfg.img_size)
         print(load_expert(expert, args.source, args.format, not args.non_strict, args.trusted))
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out.parent, suffix=".tmp", delete=False) as tmp:
-            save_file({k: v.contiguous() for k, v in expert.state_dict().items()}, tmp.name)
-        os.replace(tmp.name, out)
-        print(f"wrote {out}")
+        atomic_write_bytes(args.out, save({k: v.contiguous() for k, v in expert.state_dict().items()}))
+        print(f"wrote {args.out}")
+    return 0

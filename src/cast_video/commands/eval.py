@@ -11,6 +11,7 @@ from ..engine import TrainConfig, build_model, evaluate
 from ..engine.checkpoint import load_checkpoint
 from ..engine.loop import pick_device
 from ..engine.report import write_outputs
+from ..errors import CheckpointError
 
 
 def register(sub) -> None:
@@ -31,7 +32,7 @@ def run(args) -> int:
     state = load_checkpoint(args.checkpoint)
     missing = model.load_state_dict(state["model"], strict=False)
     if missing.unexpected_keys:
-        raise ValueError(f"{args.checkpoint}: unexpected keys {missing.unexpected_keys[:5]}")
+        raise CheckpointError(f"{args.checkpoint}: unexpected keys {missing.unexpected_keys[:5]}")
     metrics, results = evaluate(model.to(device), cfg, args.split, device, progress=not args.no_progress)
     _, names = load_annotations(cfg.data, args.split)
     out = Path(args.out or Path(cfg.output_dir) / f"eval_{args.split}")

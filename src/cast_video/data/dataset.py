@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError
 from .annotations import (
     AnnotationError,
     Sample,
@@ -47,7 +48,7 @@ def load_annotations(cfg: DataConfig, split: str) -> tuple[list[Sample], dict[st
     range, files present with `check_files`) so that errors surface before training."""
     file = getattr(cfg, split)
     if not file:
-        raise ValueError(f"data.{split}: no annotation file given")
+        raise ConfigError(f"data.{split}: no annotation file given")
     if not os.path.exists(file):
         raise AnnotationError(f"data.{split}: {file} does not exist")
     names: dict[str, list[str]] = {}
@@ -140,7 +141,7 @@ class VideoDataset(Dataset):
         else:
             self.class_names = {}
         if not samples:
-            raise ValueError(f"data.{split}: the annotations list no samples")
+            raise AnnotationError(f"data.{split}: the annotations list no samples")
         self.samples = samples
         self.seed = seed
         self.epoch = 0

@@ -24,7 +24,7 @@ import av
 import numpy as np
 import torch
 
-from ..errors import VideoReadError  # noqa: F401  (re-exported)
+from ..errors import ConfigError, VideoReadError  # noqa: F401  (VideoReadError re-exported)
 
 
 @dataclass
@@ -323,10 +323,10 @@ def available_backends() -> list[str]:
 def get_backend(name: str | None = None, **kwargs):
     name = name or "pyav"
     if name not in _BACKENDS:
-        raise ValueError(f"unknown video backend {name!r}; backends: {', '.join(_BACKENDS)}")
+        raise ConfigError(f"unknown video backend {name!r}; backends: {', '.join(_BACKENDS)}")
     if name not in available_backends():
-        raise ValueError(f"video backend {name!r} needs the {_BACKENDS[name][1]!r} package, which is not installed; "
-                         f"available: {', '.join(available_backends())}")
+        raise ConfigError(f"video backend {name!r} needs the {_BACKENDS[name][1]!r} package, which is not installed; "
+                          f"available: {', '.join(available_backends())}")
     return _BACKENDS[name][0](**kwargs)
 
 

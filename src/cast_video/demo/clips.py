@@ -14,6 +14,7 @@ import torch
 
 from ..data import read_frames
 from ..data.annotations import read_epic_csv
+from ..errors import AnnotationError
 from .synth import annotation_file
 
 VIDEO_TEMPLATE = "videos/{participant_id}/{video_id}.mp4"
@@ -27,8 +28,8 @@ def read_split(root: str | Path, split: str, num_frames: int, progress: bool = T
     clips = []
     for s in tqdm(samples, desc=f"decode {split}", disable=not progress, unit="clip"):
         if s.stop_frame - s.start_frame + 1 != num_frames:
-            raise ValueError(f"{s.path}: the annotation gives {s.stop_frame - s.start_frame + 1} frames, "
-                             f"expected {num_frames}")
+            raise AnnotationError(f"{s.path}: the annotation gives {s.stop_frame - s.start_frame + 1} frames, "
+                                  f"expected {num_frames}")
         frames = read_frames(s.path, range(s.start_frame, s.stop_frame + 1))  # (F, S, S, 3)
         clips.append(frames.permute(3, 0, 1, 2))  # (3, F, S, S)
     return {"clips": torch.stack(clips), "verb": torch.tensor([s.labels["verb"] for s in samples]),

@@ -14,6 +14,7 @@ import torch
 
 from ..data import DataConfig
 from ..engine import ModelSpec, OptimConfig, TrainConfig, WeightsSpec, train
+from ..files import atomic_write_json
 from ..models import CAST, CASTConfig, preset_config
 from ..models.counting import count_parameters
 from .clips import ClipDataset
@@ -78,5 +79,5 @@ def train_method(name: str, cfg: DemoConfig, splits: dict[str, ClipDataset], exp
         trainable = count_parameters(CAST(method_config(name, cfg)))["params_trainable"]
     result = {"method": name, "label": METHODS[name][1], "test": _fractions(metrics["test"]),
               "trainable_params": trainable, "history": history, "seed": cfg.seed}
-    (out / "result.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(out / "result.json", result, indent=1)
     return result

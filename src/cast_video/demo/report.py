@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..files import atomic_open, atomic_write_json, atomic_write_text
 
 METRICS = (("verb", "Verb"), ("noun", "Noun"), ("action", "Action"), ("harmonic_mean", "H.M."))
 
@@ -51,10 +52,9 @@ def bar_chart(results: list[dict], path: str | Path, seed: int) -> None:
     ax.set_title(f"Moving digits, frozen experts (seed {seed})", fontsize=10)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=len(results), frameon=False)
     fig.tight_layout()
-    tmp = Path(path).with_name(Path(path).stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_report(results: list[dict], run_dir: str | Path, seed: int, extra: dict) -> str:
@@ -62,12 +62,12 @@ def write_report(results: list[dict], run_dir: str | Path, seed: int, extra: dic
     run = Path(run_dir)
     summary = {"seed": seed, "methods": [{k: r[k] for k in ("method", "label", "test", "trainable_params")}
                                          for r in results], **extra}
-    (run / "results.json").write_text(json.dumps(summary, indent=1))
+    atomic_write_json(run / "results.json", summary, indent=1)
     bar_chart(results, run / "results.png", seed)
     text = table(results) + "\n\n" + verdict(results)
     lines = ["# Moving-digits demo", "", f"Test split, top-1 accuracy (%), seed {seed}.", "", text, "",
              "![results](results.png)", ""]
     for key, value in extra.items():
         lines.append(f"- {key}: {value}")
-    (run / "results.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(run / "results.md", "\n".join(lines) + "\n")
     return text

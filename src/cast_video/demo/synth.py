@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +24,8 @@ import av
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..files import atomic_open, atomic_write_text
 
 # Pairs: the second of each pair is the first played backwards.
 VERB_PAIRS = (("move_right", "move_left"), ("move_down", "move_up"), ("zoom_in", "zoom_out"),
@@ -157,11 +159,9 @@ def render_still(digit: np.ndarray, rng: np.random.Generator, cfg: SynthConfig) 
 def write_video(path: str | Path, frames: np.ndarray, fps: int) -> None:
     """Write uint8 frames (F, H, W, 3) as lossless H.264 in 4:4:4.
 
-    Written to a temporary name and renamed, so a killed run never leaves a truncated file behind.
+    Written atomically (`atomic_open`), so a killed run never leaves a truncated file behind.
     """
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    with av.open(str(tmp), "w") as container:
+    with atomic_open(path) as f, av.open(f, "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv444p"
@@ -173,7 +173,6 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int) -> None:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())
-    os.replace(tmp, path)
 
 
 def _timestamp(seconds: float) -> str:
@@ -213,24 +212,22 @@ def write_class_files(root: str | Path) -> None:
     """EK100's class lists: EPIC_100_verb_classes.csv and EPIC_100_noun_classes.csv (id, key, instances,
     category)."""
     folder = Path(root) / "annotations"
-    folder.mkdir(parents=True, exist_ok=True)
     for kind, names in (("verb", VERBS), ("noun", NOUNS)):
-        with open(folder / f"EPIC_100_{kind}_classes.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "key", "instances", "category"])
-            for i, name in enumerate(names):
-                writer.writerow([i, name, f"['{name}']", "motion" if kind == "verb" else "digit"])
+        text = io.StringIO(newline="")
+        writer = csv.writer(text)
+        writer.writerow(["id", "key", "instances", "category"])
+        for i, name in enumerate(names):
+            writer.writerow([i, name, f"['{name}']", "motion" if kind == "verb" else "digit"])
+        atomic_write_text(folder / f"EPIC_100_{kind}_classes.csv", text.getvalue())
 
 
 def write_annotations(root: str | Path, split: str, records: list[ClipRecord]) -> Path:
     path = annotation_file(root, split)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=EK100_COLUMNS)
-        writer.writeheader()
-        writer.writerows(r.ek100_row() for r in records)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=EK100_COLUMNS)
+    writer.writeheader()
+    writer.writerows(r.ek100_row() for r in records)
+    atomic_write_text(path, text.getvalue())
     return path
 
 

@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..errors import DataError
+
 
 @dataclass
 class DistInfo:
@@ -40,7 +42,7 @@ class ResumableSampler(Sampler[int]):
         per_rank = size // info.world
         self.num_batches = per_rank // batch_size
         if self.num_batches == 0:
-            raise ValueError(f"{size} training samples are too few for batch {batch_size} x {info.world} processes")
+            raise DataError(f"{size} training samples are too few for batch {batch_size} x {info.world} processes")
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch

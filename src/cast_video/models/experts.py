@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..errors import ConfigError
 from ..normalization import PIXEL_STATS
 from .layers import AttentionPool, Mlp, RotaryPositions, SelfAttention, sinusoid_table, trunc_normal_init
 
@@ -120,8 +121,8 @@ class ExpertConfig:
         """Patches per side when the clip is `input_size` pixels square."""
         size = self.img_size or input_size
         if size % self.patch_size:
-            raise ValueError(f"{self.arch} expert: image size {size} is not divisible by its patch size "
-                             f"{self.patch_size}")
+            raise ConfigError(f"{self.arch} expert: image size {size} is not divisible by its patch size "
+                              f"{self.patch_size}")
         return size // self.patch_size
 
 
@@ -178,7 +179,7 @@ class ViTExpert(nn.Module):
     def __init__(self, cfg: ExpertConfig, num_frames: int, img_size: int, input_norm: str = "imagenet"):
         super().__init__()
         if num_frames % 2:
-            raise ValueError(f"CAST takes an even number of frames (2T), got {num_frames}")
+            raise ConfigError(f"CAST takes an even number of frames (2T), got {num_frames}")
         self.cfg = cfg
         spec = cfg.spec
         self.input_size = img_size  # side of the clip CAST is given
@@ -200,8 +201,8 @@ class ViTExpert(nn.Module):
                 self.ln_pre = nn.LayerNorm(d, eps=spec.ln_eps)
         else:
             if num_frames % cfg.tubelet_size or num_frames // cfg.tubelet_size != self.num_steps:
-                raise ValueError("the temporal expert's tubelet size must be 2 so that its tubes align "
-                                 f"with the spatial expert's frames (got {cfg.tubelet_size})")
+                raise ConfigError("the temporal expert's tubelet size must be 2 so that its tubes align "
+                                  f"with the spatial expert's frames (got {cfg.tubelet_size})")
             kernel = (cfg.tubelet_size, cfg.patch_size, cfg.patch_size)
             self.patch_embed = nn.Conv3d(3, d, kernel, kernel)
             if spec.positions == "sincos":

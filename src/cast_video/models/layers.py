@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int,
                          rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -39,7 +41,7 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: str = "qkv"):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
+            raise ConfigError(f"width {dim} is not divisible by {num_heads} heads")
         if qkv_bias not in ("qkv", "qv", "none"):
             raise ValueError(f"qkv_bias must be 'qkv', 'qv' or 'none', got {qkv_bias!r}")
         self.num_heads = num_heads
@@ -67,7 +69,7 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"cross-attention width {dim} is not divisible by {num_heads} heads")
+            raise ConfigError(f"cross-attention width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
         self.q = nn.Linear(dim, dim)
         self.kv = nn.Linear(dim, 2 * dim)
