@@ -34,6 +34,7 @@ from .models import CAST, preset_config
 from .models.cast import CASTConfig
 from .models.counting import count_gmacs
 from .precision import DTYPES, resolve_precision
+from .seeds import BENCHMARK_SEED
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, for MFU.
 # Matched against torch.cuda.get_device_name in order, so the more specific names come first.
@@ -242,7 +243,7 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     cfg = preset_config(preset, overrides)
     precision, reason = resolve_precision(precision, dev, cfg)
-    torch.manual_seed(0)
+    torch.manual_seed(BENCHMARK_SEED)
     # Model FLOPs (for MFU) are counted on `cfg`, without the recomputation checkpointing adds.
     model = CAST(dataclasses.replace(cfg, grad_checkpointing=grad_checkpointing)).to(dev)
     if precision == "bf16":

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
+from ..seeds import DEFAULT_SEED
 from .annotations import (
     AnnotationError,
     Sample,
@@ -134,7 +135,7 @@ class VideoDataset(Dataset):
     Randomness depends only on (seed, epoch, index), so a resumed run, or any worker count, draws the
     same clips."""
 
-    def __init__(self, cfg: DataConfig, split: str, samples: list[Sample] | None = None, seed: int = 0):
+    def __init__(self, cfg: DataConfig, split: str, samples: list[Sample] | None = None, seed: int = DEFAULT_SEED):
         self.cfg, self.split, self.train = cfg, split, split == "train"
         if samples is None:
             samples, self.class_names = load_annotations(cfg, split)
@@ -248,7 +249,7 @@ def collate(batch: list[dict]) -> dict:
             "short": sum(bool(item.get("short")) for item in batch)}
 
 
-def build_dataset(cfg: DataConfig, split: str, seed: int = 0) -> VideoDataset:
+def build_dataset(cfg: DataConfig, split: str, seed: int = DEFAULT_SEED) -> VideoDataset:
     """The dataset of a split ("train", "val" or "test"); annotation errors are raised here."""
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")

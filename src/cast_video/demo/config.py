@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..seeds import DEFAULT_SEED
 from .synth import SynthConfig
 
 
@@ -47,7 +48,7 @@ class ExperimentConfig:
 
 @dataclass
 class DemoConfig:
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     clips: dict[str, int] = field(default_factory=lambda: {"train": 2400, "validation": 400, "test": 800})
     synth: SynthConfig = field(default_factory=SynthConfig)
     width: int = 64  # both experts; depth, heads and patch size are cast_tiny's

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.config import DataConfig
+from ..seeds import DEFAULT_SEED
 
 
 @dataclass
@@ -49,7 +50,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     output_dir: str = "runs/train"
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     precision: str = "bf16"  # bf16 | fp16 | fp32 (autocast; fp16 adds a GradScaler)
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda

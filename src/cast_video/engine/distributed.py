@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from ..errors import DataError
+from ..seeds import DEFAULT_SEED
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ResumableSampler(Sampler[int]):
     """Shuffled indices per epoch (seeded by seed and epoch), split across ranks like
     DistributedSampler with drop_last, and able to start at a batch inside the epoch."""
 
-    def __init__(self, size: int, batch_size: int, info: DistInfo, seed: int = 0, shuffle: bool = True):
+    def __init__(self, size: int, batch_size: int, info: DistInfo, seed: int = DEFAULT_SEED, shuffle: bool = True):
         self.size, self.batch_size, self.info, self.seed, self.shuffle = size, batch_size, info, seed, shuffle
         self.epoch, self.start_batch = 0, 0
         per_rank = size // info.world
