@@ -135,7 +135,8 @@ def main() -> None:
         f"{torch.get_num_threads()} threads by default, {platform.machine()}, {platform.system()} {platform.release()}",
         f"- versions: PyTorch {torch.__version__}, Python {platform.python_version()}"
         f"{f', CUDA {torch.version.cuda}' if cuda else ''}",
-        f"- peak memory: {first.get('memory_kind', '?')}; batch 1 and precision auto (here: {first.get('precision', '?')}) unless the command says otherwise; "
+        f"- peak memory: {first.get('memory_kind', '?')}; batch 1 and precision auto "
+        f"(here: {first.get('precision', '?')}) unless the command says otherwise; "
         "each row in a fresh process; CPU busy: process CPU time / (wall time x threads) over the timed "
         "steps (well below 1: something else was running)", "",
         *table(results), "", "Against our default step of the same mode (same run):", "", *ratios(results),

@@ -9,10 +9,11 @@ import torch
 from cast_video import CAST, precision
 from cast_video.config_utils import ConfigError
 from cast_video.models import preset_config
-from cast_video.precision import AMX_MIN_GMACS, resolve_precision
+from cast_video.precision import CPU_BF16_MIN_GMACS, resolve_precision
 
-XEON_FLAGS = "fpu vme sse sse2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"
-EPYC_FLAGS = "fpu vme sse sse2 avx avx2 avx512f avx512_bf16"  # Zen 4: AVX512-BF16, no AMX
+XEON_FLAGS = "fpu vme sse sse2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"  # Sapphire Rapids
+ZEN4_FLAGS = "fpu vme sse sse2 avx avx2 avx512f avx512_bf16"  # AVX512-BF16, no AMX
+ZEN3_FLAGS = "fpu vme sse sse2 avx avx2 fma"  # no native bf16 at all
 
 
 @pytest.fixture
@@ -25,17 +26,19 @@ def cpuinfo(tmp_path, monkeypatch):
     return fake
 
 
-def test_cpu_without_amx_is_fp32_even_with_avx512_bf16(cpuinfo):
-    cpuinfo(EPYC_FLAGS)
-    assert resolve_precision("auto", "cpu", preset_config("cast_b16_ek100"))[0] == "fp32"
+def test_cpu_without_native_bf16_is_fp32_even_for_a_large_model(cpuinfo):
+    cpuinfo(ZEN3_FLAGS)
+    chosen, reason = resolve_precision("auto", "cpu", preset_config("cast_b16_ek100"))
+    assert chosen == "fp32" and "no native bf16" in reason
 
 
-def test_cpu_with_amx_is_bf16_only_for_a_large_model(cpuinfo):
-    cpuinfo(XEON_FLAGS)
+@pytest.mark.parametrize("flags, units", [(XEON_FLAGS, "AMX"), (ZEN4_FLAGS, "AVX512-BF16")])
+def test_cpu_with_native_bf16_is_bf16_only_for_a_large_model(cpuinfo, flags, units):
+    cpuinfo(flags)
     big, reason = resolve_precision("auto", "cpu", preset_config("cast_b16_ek100"))
-    assert big == "bf16" and "AMX" in reason
+    assert big == "bf16" and units in reason
     small, reason = resolve_precision("auto", "cpu", preset_config("cast_tiny"))
-    assert small == "fp32" and f"{AMX_MIN_GMACS:g}" in reason
+    assert small == "fp32" and f"{CPU_BF16_MIN_GMACS:g}" in reason
     assert resolve_precision("auto", "cpu", None)[0] == "fp32"  # size unknown: the safe choice
 
 
@@ -53,7 +56,7 @@ def test_gpu_is_bf16_where_supported(monkeypatch, supported, expected):
 
 
 def test_explicit_choice_is_obeyed_and_warned(cpuinfo):
-    cpuinfo(EPYC_FLAGS)
+    cpuinfo(ZEN3_FLAGS)
     for p in ("bf16", "fp16", "fp32"):
         assert resolve_precision(p, "cpu")[0] == p
     assert "slower" in resolve_precision("bf16", "cpu")[1]
@@ -74,10 +77,10 @@ def test_the_default_is_auto():
 
 
 def test_the_choice_is_logged(cpuinfo, caplog):
-    cpuinfo(EPYC_FLAGS)
+    cpuinfo(ZEN3_FLAGS)
     with caplog.at_level("INFO", logger="cast_video.precision"):
         resolve_precision("auto", "cpu", preset_config("cast_tiny"))
-    assert "precision fp32 (auto: this CPU has no AMX" in caplog.text
+    assert "precision fp32 (auto: this CPU has no native bf16 units" in caplog.text
 
 
 # --- frozen weights in bf16 ----------------------------------------------------------------------

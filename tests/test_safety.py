@@ -94,8 +94,9 @@ def test_refusal_names_what_the_pickle_asks_for(hostile):
     marker, files = hostile
     with pytest.raises(WeightsError, match=r"refers to (io|builtins)\.open, which could run code"):
         load_expert(CAST.from_preset("cast_tiny").spatial, files["zip"])
-    with pytest.raises(WeightsError, match=r"refers to (io|builtins)\.open"):
-        load_expert(CAST.from_preset("cast_tiny").spatial, files["pickle"])
+    for kind in ("pickle", "legacy"):
+        with pytest.raises(WeightsError, match=r"refers to (io|builtins)\.open"):
+            load_expert(CAST.from_preset("cast_tiny").spatial, files[kind])
     assert not marker.exists()
 
 

@@ -4,12 +4,13 @@ One rule for train, eval, predict and benchmark (docs/benchmarks.md has the meas
 
 - CUDA: bf16 when the GPU has bf16 units (`torch.cuda.is_bf16_supported()`, Ampere and later), else
   fp32 (fp16 with loss scaling stays available as `precision: fp16`, but is never chosen silently).
-- CPU: bf16 only when the CPU has AMX tiles for bf16 (`amx_bf16` and `amx_tile` in /proc/cpuinfo,
-  Intel Sapphire Rapids and later) AND the model costs at least `AMX_MIN_GMACS` per view. Elsewhere
-  PyTorch computes bf16 matmuls through conversions to fp32, which is slower than fp32 itself
-  (CAST-B/16 inference 7.9x slower on an AMD EPYC with AVX512-BF16 but no AMX), and even with AMX a
-  small model loses more to the casts than it gains (cast_tiny training 2x slower in bf16 on a Xeon
-  with AMX, while CAST-B/16 inference was 3.1x faster).
+- CPU: bf16 only when the CPU computes bf16 dot products natively (AMX, or AVX512-BF16: flags in
+  /proc/cpuinfo) AND the model costs at least `CPU_BF16_MIN_GMACS` per view; fp32 otherwise.
+  Without those instructions PyTorch converts bf16 to fp32 and back around every matmul (CAST-B/16
+  inference 7.9x slower in bf16 on an EPYC without them); with them a small model still loses more
+  to the casts than it gains (cast_tiny training 1.7-2x slower in bf16, with AMX and with
+  AVX512-BF16), while CAST-B/16 inference gains (3.1x faster with AMX; 0.72x the time with
+  AVX512-BF16 once the frozen weights are stored in bf16, `CAST.cast_frozen_`).
 - Any other device (mps, xpu, ...): fp32, the one precision every backend computes correctly.
 
 An explicit `bf16`, `fp16` or `fp32` is always obeyed; the reason then says when it is likely slow.
@@ -28,11 +29,14 @@ logger = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Between cast_tiny (0.04 GMACs per view: 2x slower in bf16 with AMX) and CAST-B/16 (390 GMACs: 3.1x
-# faster). A ViT-S-sized CAST (about 100 GMACs) has matrices large enough to keep the AMX tiles busy;
-# 10 GMACs leaves a margin below it without reaching the sizes where the casts dominate.
-AMX_MIN_GMACS = 10.0
+# Measured: cast_tiny (0.04 GMACs per view) is slower in bf16, CAST-B/16 (390 GMACs) faster; no size in
+# between was measured. 10 GMACs sits well below a ViT-S-sized CAST (about 100), whose matrices are
+# already large enough for the bf16 units, and far above the tiny models where the casts dominate.
+CPU_BF16_MIN_GMACS = 10.0
 _CPUINFO = Path("/proc/cpuinfo")
+# /proc/cpuinfo flags of CPUs that compute bf16 dot products natively (Intel Sapphire Rapids and
+# later; AMD Zen 4 and later, Intel Cooper Lake); without them PyTorch converts to fp32 and back.
+NATIVE_BF16 = (("AMX", {"amx_bf16", "amx_tile"}), ("AVX512-BF16", {"avx512_bf16"}))
 
 
 def cpu_flags() -> set[str]:
@@ -45,8 +49,10 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def cpu_has_amx_bf16() -> bool:
-    return {"amx_bf16", "amx_tile"} <= cpu_flags()
+def cpu_bf16_units() -> str | None:
+    """The CPU's native bf16 matrix instructions ("AMX" or "AVX512-BF16"), None when it has neither."""
+    flags = cpu_flags()
+    return next((name for name, needed in NATIVE_BF16 if needed <= flags), None)
 
 
 def _model_gmacs(model_config) -> float:
@@ -63,20 +69,21 @@ def _auto(device: torch.device, model_config) -> tuple[str, str]:
         return "fp32", f"auto: {name} has no bf16 units (precision=fp16 uses its fp16 units with loss scaling)"
     if device.type != "cpu":
         return "fp32", f"auto: fp32 on {device.type}"
-    if not cpu_has_amx_bf16():
-        return "fp32", "auto: this CPU has no AMX bf16 units, so bf16 would be emulated and slower than fp32"
+    units = cpu_bf16_units()
+    if units is None:
+        return "fp32", "auto: this CPU has no native bf16 units (AMX, AVX512-BF16), so bf16 would be slower"
     if model_config is None:
-        return "fp32", "auto: the model's size is unknown, and bf16 pays on AMX only for large models"
+        return "fp32", "auto: the model's size is unknown, and bf16 on a CPU pays for large models only"
     gmacs = _model_gmacs(model_config)
-    if gmacs < AMX_MIN_GMACS:
-        return "fp32", f"auto: the model costs {gmacs:.3g} GMACs per view, below the {AMX_MIN_GMACS:g} " \
-                       "where bf16 on AMX beats fp32"
-    return "bf16", f"auto: this CPU has AMX bf16 units and the model costs {gmacs:.3g} GMACs per view"
+    if gmacs < CPU_BF16_MIN_GMACS:
+        return "fp32", f"auto: the model costs {gmacs:.3g} GMACs per view, below the {CPU_BF16_MIN_GMACS:g} " \
+                       "from which bf16 beats fp32 on a CPU"
+    return "bf16", f"auto: this CPU has {units} and the model costs {gmacs:.3g} GMACs per view"
 
 
 def _explicit(requested: str, device: torch.device) -> tuple[str, str]:
-    if requested == "bf16" and device.type == "cpu" and not cpu_has_amx_bf16():
-        return requested, "as requested (this CPU has no AMX bf16 units: expect bf16 to be slower than fp32)"
+    if requested == "bf16" and device.type == "cpu" and cpu_bf16_units() is None:
+        return requested, "as requested (this CPU has no native bf16 units: expect bf16 to be slower than fp32)"
     if requested == "fp16" and device.type == "cpu":
         return requested, "as requested (fp16 on a CPU is slow and has no loss scaling)"
     return requested, "as requested"

@@ -131,15 +131,23 @@ def unwrap(obj, where: str) -> dict[str, torch.Tensor]:
 
 
 def _pickle_globals(file) -> list[str]:
-    """The classes and functions a plain pickle names, read from its opcodes without unpickling it."""
+    """The classes and functions a plain pickle names, read from its opcodes without unpickling it.
+
+    A legacy (non-zip) `torch.save` file is four pickles in a row (magic number, protocol, system
+    info, the object), so up to four are read; the raw tensor bytes after them end the scan.
+    """
     strings, names = [], []
-    for op, arg, _ in pickletools.genops(file):
-        if isinstance(arg, str) and "UNICODE" in op.name:
-            strings.append(arg)
-        elif op.name in ("GLOBAL", "INST"):
-            names.append(arg.replace(" ", "."))
-        elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-            names.append(f"{strings[-2]}.{strings[-1]}")
+    for _ in range(4):
+        try:
+            for op, arg, _ in pickletools.genops(file):
+                if isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.append(arg)
+                elif op.name in ("GLOBAL", "INST"):
+                    names.append(arg.replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+        except Exception:  # not (or no longer) a pickle
+            break
     return names
 
 
