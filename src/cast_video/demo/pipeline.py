@@ -158,7 +158,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path = "runs/demo", progress: bool 
 def _read_cache(path: Path) -> dict[str, torch.Tensor]:
     """A decoded split written by the decode stage: tensors only, so it is read with weights_only=True
     (a run folder someone sent must not run code) and checked to hold what a split holds."""
-    data = load_pickle_safely(path)
+    data = load_pickle_safely(path, hint="")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), torch.Tensor) for k in ("clips", "verb", "noun")):
         marker = path.parent.parent / "stages" / "decode.json"
         raise DataError(f"{path}: not a decoded split (clips, verb, noun); delete it and {marker} to decode again")

@@ -180,20 +180,19 @@ def refusal(path: Path, err: Exception, hint: str) -> str:
     return f"{path}: not a checkpoint that can be read safely ({_reason(err)})"
 
 
-def load_pickle_safely(path: Path, mmap: bool | None = None):
+def load_pickle_safely(path: Path, hint: str = _TRUST_HINT):
     """`torch.load(weights_only=True)`: tensors, plain containers and `argparse.Namespace`, nothing else.
 
     Memory-mapped when the file is a zip (every file written by torch >= 1.6). A refusal is a
-    one-line `WeightsError` naming the file and what the pickle asked for.
+    one-line `WeightsError` naming the file and what the pickle asked for, then `hint`.
     """
-    mmap = zipfile.is_zipfile(path) if mmap is None else mmap
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns about pickle protocols on stderr; the refusal says enough
         try:
             with torch.serialization.safe_globals([argparse.Namespace]):
-                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except Exception as err:
-            raise WeightsError(refusal(path, err, _TRUST_HINT)) from err
+            raise WeightsError(refusal(path, err, hint)) from err
 
 
 def _load_pickle(path: Path, trusted: bool):
