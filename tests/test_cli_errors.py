@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from cast_video import CAST
 from cast_video.cli import main, one_line
+from cast_video.weights import save_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def files(tmp_path_factory):
     (d / "garbage.safetensors").write_bytes(b"hello world, not a header")
     (d / "notes.txt").write_text("not a checkpoint\n")
     run = d / "run"  # a run folder: the model sits in run/model
-    CAST.from_preset("cast_tiny").save_pretrained(run / "model")
+    save_pretrained(CAST.from_preset("cast_tiny"), run / "model")
     (d / "broken").mkdir()
     (d / "broken" / "config.json").write_text("{not json")
     (d / "foreign").mkdir()
@@ -37,7 +38,7 @@ def _cases(d):
         (expert + [str(d / "missing.pt")], "missing.pt: no such file or directory"),
         (["convert", "official", str(d / "unknown.pt"), "--out", str(d / "o")], "unknown.pt: unrecognised"),
         (["convert", "experts", "--preset", "cast_tiny", "--set", "img_size=30", "--out", str(d / "o")],
-         "image size 30 is not divisible by patch size"),
+         "image size 30 is not divisible by its patch size"),
         (["predict", "v.mp4", "--model", str(d / "nowhere")], "nowhere: no such file or directory"),
         (["predict", "v.mp4", "--model", str(d / "run")], f"{d / 'run' / 'model'} holds one; pass that folder"),
         (["predict", "v.mp4", "--model", str(d / "notes.txt")], "notes.txt: a model is a folder"),

@@ -17,9 +17,9 @@ PACKAGE = Path(cast_video.__file__).parent
 # on one another.
 LAYERS = {
     "errors": 0,
-    "files": 1, "config_utils": 1, "normalization": 1,
+    "files": 1, "config_utils": 1, "normalization": 1, "seeds": 1,
     "models": 2, "data": 2,
-    "weights": 3,
+    "weights": 3, "precision": 3,
     "engine": 4, "pretrain": 4, "demo": 4, "benchmark": 4,
     "commands": 5,
     "cli": 6,

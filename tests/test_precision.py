@@ -67,6 +67,7 @@ def test_explicit_choice_is_obeyed_and_warned(cpuinfo):
 def test_the_default_is_auto():
     from cast_video.benchmark import run_benchmark
     from cast_video.cli import build_parser
+    from cast_video.engine import TrainConfig
     from cast_video.engine.predict import Predictor
 
     parser = build_parser()
@@ -74,6 +75,23 @@ def test_the_default_is_auto():
     assert parser.parse_args(["predict", "v.mp4", "--model", "m"]).precision == "auto"
     for fn in (run_benchmark, Predictor):
         assert inspect.signature(fn).parameters["precision"].default == "auto"
+    assert TrainConfig().precision == "auto"
+
+
+def test_auto_must_be_resolved_before_autocast():
+    """`auto` reaching autocast unresolved would silently become some dtype; it is an error instead."""
+    with pytest.raises(ConfigError, match="resolve it first"):
+        precision.autocast("auto", torch.device("cpu"))
+    assert precision.autocast("bf16", torch.device("cpu")).fast_dtype == torch.bfloat16
+
+
+def test_prepare_casts_the_frozen_weights_only_for_bf16(cpuinfo):
+    cpuinfo(XEON_FLAGS)
+    small = CAST.from_preset("cast_tiny")
+    assert precision.prepare(small, "auto", "cpu")[0] == "fp32"
+    assert all(p.dtype == torch.float32 for p in small.parameters())
+    assert precision.prepare(small, "bf16", "cpu")[0] == "bf16"
+    assert small.spatial.patch_embed.weight.dtype == torch.bfloat16
 
 
 def test_the_choice_is_logged(cpuinfo, caplog):

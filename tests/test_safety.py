@@ -19,8 +19,7 @@ from cast_video.cli import main
 from cast_video.config_utils import to_dict
 from cast_video.demo.config import DemoConfig
 from cast_video.errors import CastVideoError, WeightsError
-from cast_video.weights import load_expert
-from cast_video.weights.loading import from_pretrained, load_official_cast
+from cast_video.weights import from_pretrained, load_expert, load_experts, load_official_cast, save_pretrained
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -69,7 +68,7 @@ def _one_line_error(capsys, rc: int, command: str, path: Path, log_lines: bool =
 def _model_dir(tmp_path: Path, expert_source: Path) -> Path:
     """A saved cast_tiny whose spatial expert is stored by reference to `expert_source`."""
     model = CAST.from_preset("cast_tiny")
-    model.save_pretrained(tmp_path / "model")
+    save_pretrained(model, tmp_path / "model")
     meta = json.loads((tmp_path / "model" / "config.json").read_text())
     meta["experts"] = {"spatial": {"source": str(expert_source), "format": "cast_video"}}
     (tmp_path / "model" / "config.json").write_text(json.dumps(meta))
@@ -81,7 +80,7 @@ def test_apis_refuse_hostile_pickles(tmp_path, hostile, kind):
     marker, files = hostile
     path = files[kind]
     model = CAST.from_preset("cast_tiny")
-    calls = [lambda: load_expert(model.spatial, path), lambda: model.load_experts(temporal=path),
+    calls = [lambda: load_expert(model.spatial, path), lambda: load_experts(model, temporal=path),
              lambda: load_official_cast(path), lambda: from_pretrained(_model_dir(tmp_path, path))]
     for call in calls:
         with pytest.raises(WeightsError) as info:
@@ -103,7 +102,7 @@ def test_refusal_names_what_the_pickle_asks_for(hostile):
 def test_from_pretrained_refuses_a_pickle_named_model_safetensors(tmp_path, hostile):
     marker, files = hostile
     folder = tmp_path / "m"
-    CAST.from_preset("cast_tiny").save_pretrained(folder)
+    save_pretrained(CAST.from_preset("cast_tiny"), folder)
     (folder / "model.safetensors").write_bytes(files["zip"].read_bytes())
     with pytest.raises(WeightsError, match="model.safetensors: not a readable safetensors file"):
         from_pretrained(folder)

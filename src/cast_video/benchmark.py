@@ -33,7 +33,7 @@ from .errors import ConfigError
 from .models import CAST, preset_config
 from .models.cast import CASTConfig
 from .models.counting import count_gmacs
-from .precision import DTYPES, resolve_precision
+from .precision import DTYPES, autocast, prepare
 from .seeds import BENCHMARK_SEED
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, for MFU.
@@ -166,8 +166,7 @@ def measure(model: nn.Module, inputs: torch.Tensor, mode: str = "infer",
     device = inputs.device
     train = mode == "train"
     model.train(train)
-    dtype = DTYPES[precision]
-    amp = torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    amp = autocast(precision, device)
     params = list(params) if params is not None else list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4) if train else None
     # fp16 gradients underflow without loss scaling; the scaler's cost belongs in the measurement
@@ -242,12 +241,10 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     cfg = preset_config(preset, overrides)
-    precision, reason = resolve_precision(precision, dev, cfg)
     torch.manual_seed(BENCHMARK_SEED)
     # Model FLOPs (for MFU) are counted on `cfg`, without the recomputation checkpointing adds.
     model = CAST(dataclasses.replace(cfg, grad_checkpointing=grad_checkpointing)).to(dev)
-    if precision == "bf16":
-        model.cast_frozen_(torch.bfloat16)
+    precision, reason = prepare(model, precision, dev)
     runner = torch.compile(model) if compile else model
     video = torch.randn(batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=dev)
     params = [p for _, p in model.trainable_parameters()]

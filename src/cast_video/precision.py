@@ -19,6 +19,7 @@ An explicit `bf16`, `fp16` or `fp32` is always obeyed; the reason then says when
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -100,3 +101,20 @@ def resolve_precision(requested: str, device: torch.device | str, model_config=N
     precision, reason = _explicit(requested, device) if requested != "auto" else _auto(device, model_config)
     logger.info("precision %s (%s)", precision, reason)
     return precision, reason
+
+
+def prepare(model, requested: str, device: torch.device | str) -> tuple[str, str]:
+    """`resolve_precision` for `model` (a CAST) on `device`, with the frozen weights stored in bf16 when the
+    answer is bf16 (`CAST.cast_frozen_`). Train, eval, predict and benchmark call it."""
+    precision, reason = resolve_precision(requested, device, model.config)
+    if precision == "bf16":
+        model.cast_frozen_(torch.bfloat16)
+    return precision, reason
+
+
+def autocast(precision: str, device: torch.device):
+    """The autocast context of a resolved precision (fp32: none). `auto` must be resolved first."""
+    if precision not in DTYPES:
+        raise ConfigError(f"precision {precision!r}: resolve it first (cast_video.precision.resolve_precision)")
+    dtype = DTYPES[precision]
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.config import DataConfig
+from ..errors import ConfigError
+from ..precision import PRECISIONS
 from ..seeds import DEFAULT_SEED
 
 
@@ -51,7 +53,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     output_dir: str = "runs/train"
     seed: int = DEFAULT_SEED
-    precision: str = "bf16"  # bf16 | fp16 | fp32 (autocast; fp16 adds a GradScaler)
+    precision: str = "auto"  # auto (cast_video/precision.py: bf16 where faster) | bf16 | fp16 (+ GradScaler) | fp32
     compile: bool = False
     device: str = "auto"  # auto | cpu | cuda
     num_workers: int = 4
@@ -63,5 +65,5 @@ class TrainConfig:
     groups: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # task -> {group: class ids}, F1 by group
 
     def __post_init__(self):
-        if self.precision not in ("bf16", "fp16", "fp32"):
-            raise ValueError(f"precision must be bf16, fp16 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")

@@ -7,6 +7,7 @@ multi-view testing. `evaluate(...)` returns metrics and per-video scores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -25,6 +26,7 @@ from ..config_utils import ConfigError, to_dict
 from ..data import build_dataset, build_gpu_augment, collate
 from ..errors import NonFiniteLoss
 from ..models import CAST, preset_config
+from ..precision import autocast, prepare
 from ..weights import load_experts, save_pretrained
 from .checkpoint import CheckpointManager, load_checkpoint, rng_state, set_rng_state
 from .config import TrainConfig
@@ -56,12 +58,6 @@ def build_model(cfg: TrainConfig) -> CAST:
         load_experts(model, spatial=cfg.weights.spatial or None, temporal=cfg.weights.temporal or None,
                            trusted=cfg.weights.trusted)
     return model
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def as_dict(outputs, names: list[str]) -> dict[str, torch.Tensor]:
@@ -126,6 +122,7 @@ def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None)
         (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
 
     model = build_model(cfg).to(device)
+    cfg = dataclasses.replace(cfg, precision=prepare(model, cfg.precision, device)[0])  # `auto` resolved once
     heads = {h.name: h.num_classes for h in model.config.heads}
     datasets = datasets or {}
     train_set = datasets["train"] if "train" in datasets else build_dataset(cfg.data, "train", seed=cfg.seed)
@@ -331,6 +328,8 @@ def evaluate(model: CAST, cfg: TrainConfig, split: str, device: torch.device, in
     """Multi-view evaluation of a split (or of `dataset`): every sample counted once across ranks.
     Returns the metrics and the per-video results {"id", "scores": {task: (N, C)}, "labels": {task: (N,)}}."""
     info = info or DistInfo()
+    if cfg.precision == "auto":  # `cast-video eval`; training passes its resolved precision
+        cfg = dataclasses.replace(cfg, precision=prepare(model, cfg.precision, device)[0])
     heads = {h.name: h.num_classes for h in model.config.heads}
     if dataset is None:  # a dataset passed in was checked by its owner
         dataset = build_dataset(cfg.data, split, seed=cfg.seed)

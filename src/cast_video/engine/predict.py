@@ -16,7 +16,7 @@ from ..data.annotations import VIDEO_SUFFIXES
 from ..data.dataset import test_crops
 from ..data.sampling import segment_indices
 from ..models import CAST
-from ..precision import resolve_precision
+from ..precision import prepare
 from .loop import predict_views
 
 
@@ -39,9 +39,7 @@ class Predictor:
                  device: str = "cpu", precision: str = "auto", batch_size: int = 4):
         cfg = model.config
         self.model = model.to(device).eval()
-        precision, self.precision_reason = resolve_precision(precision, device, cfg)
-        if precision == "bf16":
-            self.model.cast_frozen_(torch.bfloat16)
+        precision, self.precision_reason = prepare(self.model, precision, device)
         self.names = class_names or {}
         self.data = DataConfig(num_frames=cfg.num_frames, input_size=cfg.img_size, short_side=cfg.img_size,
                                test_clips=clips, test_crops=crops, norm=cfg.input_norm)
