@@ -69,8 +69,10 @@ def main() -> int:
             mine = ours(clip)
             end = time.perf_counter()
         # the official composition model returns (noun, verb)
-        pairs = {"noun": (theirs[0], mine["noun"]), "verb": (theirs[1], mine["verb"])} if isinstance(
-            theirs, tuple) else {"logits": (theirs, mine)}
+        if isinstance(theirs, tuple):
+            pairs = {"noun": (theirs[0], mine["noun"]), "verb": (theirs[1], mine["verb"])}
+        else:
+            pairs = {head: (theirs, logits) for head, logits in mine.items()}  # our one head
         print(f"{name}: {sum(p.numel() for p in reference.parameters()):,} parameters; forward "
               f"{middle - start:.1f} s official, {end - middle:.1f} s ours")
         for task, (a, b) in pairs.items():

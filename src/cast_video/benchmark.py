@@ -128,14 +128,10 @@ class PeakMemory:
         return kb / (2**30 if platform.system() == "Darwin" else 2**20)
 
 
-def logits_loss(out) -> torch.Tensor:
-    """A stand-in loss over every output (tensor, tuple or dict of logits): logsumexp costs what
-    cross-entropy costs and needs no labels."""
-    if isinstance(out, dict):
-        out = list(out.values())
-    elif isinstance(out, torch.Tensor):
-        out = [out]
-    return sum(x.float().logsumexp(-1).mean() for x in out)
+def logits_loss(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A stand-in loss over every output of the model's dict: logsumexp costs what cross-entropy costs
+    and needs no labels."""
+    return sum(x.float().logsumexp(-1).mean() for x in out.values())
 
 
 def check_settings(mode: str, attention: str, steps: int, warmup: int, batch: int = 1) -> None:

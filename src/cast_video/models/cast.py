@@ -7,6 +7,7 @@ Reading order: `CASTConfig` (every option, one per ablation of the paper), `CAST
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,12 @@ from .layers import Adapter, DropPath, trunc_normal_init, zero_init
 EXCHANGES = ("bcast", "xattn", "xattn_adapter", "lateral", "none")
 HEAD_SOURCES = ("spatial", "temporal", "fused")
 FUSIONS = ("adapter_add", "add", "concat")
+ENSEMBLE_MEMBERS = ("spatial", "temporal")
+
+
+def member_key(head: str, member: str) -> str:
+    """The output key of one ensemble member's logits for a head: `verb/spatial`."""
+    return f"{head}/{member}"
 
 
 @dataclass
@@ -67,7 +74,7 @@ class CASTConfig:
     mlp_adapter_scale: float = 0.5
     freeze_experts: bool = True
     fusion: str = "adapter_add"  # how "fused" heads combine the two features
-    ensemble: bool = False  # every head on both experts; logits stacked (2, B, C), probabilities averaged
+    ensemble: bool = False  # every head on both experts, trained each on its own, probabilities averaged
     drop_path: float = 0.0
     head_dropout: float = 0.0
     # Activation checkpointing per block while training: activations are recomputed in the backward
@@ -116,6 +123,14 @@ class CASTConfig:
     @property
     def bottleneck_dim(self) -> int:
         return self.bcast_dim or max(1, int(self.bcast_ratio * min(self.spatial.width, self.temporal.width)))
+
+    def trained_outputs(self) -> dict[str, str]:
+        """Output key -> the head whose target it is trained on. A model trains each head's logits; the
+        ensemble trains its two members' logits (`verb/spatial`, `verb/temporal`) each on its own, and
+        its head key holds their averaged prediction, which is never trained."""
+        if not self.ensemble:
+            return {h.name: h.name for h in self.heads}
+        return {member_key(h.name, m): h.name for h in self.heads for m in ENSEMBLE_MEMBERS}
 
     def exchanges_at(self, layer: int) -> bool:
         return self.exchange != "none" and (self.bcast_layers is None or layer in self.bcast_layers)
@@ -185,8 +200,11 @@ class CASTBlock(nn.Module):
 class CAST(nn.Module):
     """CAST on a normalised clip (B, 3, 2T, H, W).
 
-    Returns the logits (B, C) of a single head, or a dict {head name: logits} for several (EK100's
-    verb and noun). With `ensemble=True` each head's logits are stacked over the experts, (2, B, C).
+    Returns a dict {head name: logits (B, C)}, always, one entry per head (EK100: verb and noun; a
+    single-head model: {"action": ...}). Softmax of a head's logits is the model's prediction. With
+    `ensemble=True` (the test-time ensemble of Table 1(b)) a head's entry is the log of its members'
+    mean probability, so its softmax is the averaged prediction, and the members' own logits come
+    beside it under `member_key(head, member)`; `config.trained_outputs()` names what the loss trains.
     """
 
     def __init__(self, config: CASTConfig):
@@ -295,18 +313,28 @@ class CAST(nn.Module):
                 xs, xt = block(xs, xt, sb, tb)
         return xs, xt
 
-    def forward_head(self, tokens: tuple[torch.Tensor, torch.Tensor]):
+    def forward_head(self, tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pooled features -> {head name: logits (B, C)} (eq. 6 for fused heads)."""
         fs = self.spatial.pool(tokens[0])  # (B, Ds): CLS(X_s)
         ft = self.temporal.pool(tokens[1])  # (B, Dt): GAP(X_t)
         drop = self.head_dropout
         if self.heads_t is not None:
-            out = {n: torch.stack([self.heads[n](drop(fs)), self.heads_t[n](drop(ft))]) for n in self.heads}
-        else:
-            feats = {"spatial": fs, "temporal": ft}
-            if any(h.source == "fused" for h in self.config.heads):
-                feats["fused"] = self._fuse(fs, ft)
-            out = {h.name: self.heads[h.name](drop(feats[h.source])) for h in self.config.heads}
-        return next(iter(out.values())) if len(out) == 1 else out
+            return self._ensemble_head(drop(fs), drop(ft))
+        feats = {"spatial": fs, "temporal": ft}
+        if any(h.source == "fused" for h in self.config.heads):
+            feats["fused"] = self._fuse(fs, ft)
+        return {h.name: self.heads[h.name](drop(feats[h.source])) for h in self.config.heads}
+
+    def _ensemble_head(self, fs: torch.Tensor, ft: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each member's logits, and per head log(mean of the members' softmax): softmax of it is the
+        ensemble's averaged probability (computed in fp32, stable through logsumexp)."""
+        out = {}
+        for name in self.heads:
+            members = dict(zip(ENSEMBLE_MEMBERS, (self.heads[name](fs), self.heads_t[name](ft)), strict=True))
+            log_p = torch.stack([m.float().log_softmax(-1) for m in members.values()])  # (2, B, C)
+            out[name] = torch.logsumexp(log_p, dim=0) - math.log(len(members))  # (B, C)
+            out.update({member_key(name, m): logits for m, logits in members.items()})
+        return out
 
     def _fuse(self, fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
         if self.config.fusion == "adapter_add":  # eq. 6: Z = ADAP(CLS) + ADAP(GAP)
@@ -315,7 +343,7 @@ class CAST(nn.Module):
             return fs + ft
         return torch.cat([fs, ft], dim=-1)  # (B, Ds+Dt)
 
-    def forward(self, video: torch.Tensor):
+    def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_head(self.forward_features(video))
 
     def _check_input(self, video: torch.Tensor) -> None:
