@@ -14,7 +14,7 @@ from conftest import write_count_video as write_video
 
 from cast_video.cli import main
 from cast_video.config_utils import ConfigError, load_yaml, to_dict
-from cast_video.engine import NonFiniteLoss, TrainConfig, build_model, train
+from cast_video.engine import TrainConfig, build_model, train
 from cast_video.engine.checkpoint import load_checkpoint
 from cast_video.engine.metrics import (
     action_accuracy,
@@ -85,7 +85,11 @@ def test_metrics_by_hand():
 # --- end to end on real files ---------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ek_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ek")
+    return write_ek_data(tmp_path_factory.mktemp("ek"))
+
+
+def write_ek_data(root: Path) -> Path:
+    """3 real videos and 8 EK100-style training rows (the first 5 also the validation rows)."""
     (root / "P01" / "videos").mkdir(parents=True)
     for v in range(3):
         write_video(root / "P01" / "videos" / f"P01_0{v}.MP4", num_frames=40, size=40, gop=8)
@@ -161,14 +165,6 @@ def test_killed_run_resumes_exactly(tmp_path, ek_data):
     assert any(not torch.equal(fresh[k], a[k]) for k in a)  # training really changed the weights
     log = [json.loads(line) for line in (full / "log.jsonl").read_text().splitlines()]
     assert (full / "config.json").exists() and isinstance(log, list)
-
-
-def test_nonfinite_loss_stops_with_last_good_state(tmp_path, ek_data):
-    cfg = tiny_config(ek_data, tmp_path / "nan", **{"optim.base_lr": 1e30, "optim.warmup_epochs": 0})
-    with pytest.raises(NonFiniteLoss, match="last good state"):
-        train(cfg, progress=False)
-    state = load_checkpoint(tmp_path / "nan" / "checkpoints" / "last.pt")
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, ek_data):
@@ -295,7 +291,7 @@ def test_own_data_with_few_classes_trains_and_mismatched_heads_are_named(tmp_pat
         train(tiny_config(tmp_path, tmp_path / "tiny", **{**three, "model.overrides": {}}), progress=False)
 
 
-def test_a_missing_video_is_replaced_and_reported(tmp_path, ek_data, capsys):
+def test_a_missing_video_is_replaced_and_reported(tmp_path, ek_data, caplog):
     rows = (ek_data / "train.csv").read_text().splitlines()
     (tmp_path / "train.csv").write_text("\n".join(rows + ["P01_09_0,P01,P01_09,1,20,0,0"]) + "\n")  # no P01_09.MP4
     cfg = tiny_config(ek_data, tmp_path / "run", **{"optim.epochs": 1, "data.train": str(tmp_path / "train.csv"),
@@ -303,7 +299,7 @@ def test_a_missing_video_is_replaced_and_reported(tmp_path, ek_data, capsys):
     train(cfg, progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert sum(r.get("data/unreadable", 0) for r in records) >= 1
-    assert "P01_09.MP4" in capsys.readouterr().out
+    assert "P01_09.MP4" in caplog.text
 
 
 def test_data_check_lists_counts_and_bad_files(tmp_path, ek_data, capsys):

@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config_utils import ConfigError, to_dict
 from .data import DataConfig, build_dataset, build_gpu_augment, collate
-from .engine.checkpoint import atomic_save
+from .engine.checkpoint import load_checkpoint, save_checkpoint
 from .models.experts import ExpertBlock, ExpertConfig, ViTExpert
 from .models.layers import sinusoid_table, trunc_normal_init
 
@@ -189,7 +189,7 @@ def pretrain(cfg: PretrainConfig, dataset=None, progress: bool = True) -> dict:
     start = 0
     ckpt_path = out / "checkpoint.pt"
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(ckpt_path)  # weights_only: a file that would run code is refused
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["epoch"], state["history"]
@@ -220,7 +220,7 @@ def pretrain(cfg: PretrainConfig, dataset=None, progress: bool = True) -> dict:
         history.append(running / count)
         with open(out / "log.jsonl", "a") as f:
             f.write(json.dumps({"epoch": epoch + 1, "loss": history[-1], "seconds": round(time.time() - t0, 2)}) + "\n")
-        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                       "history": history}, ckpt_path)
     expert_path = out / "expert.safetensors"
     tmp = expert_path.with_name(expert_path.name + ".tmp")

@@ -2,6 +2,7 @@
 
 from .config import ModelSpec, OptimConfig, TrainConfig, WeightsSpec
 from .loop import NonFiniteLoss, build_model, evaluate, train
+from .state import TrainState
 
-__all__ = ["ModelSpec", "NonFiniteLoss", "OptimConfig", "TrainConfig", "WeightsSpec", "build_model", "evaluate",
-           "train"]
+__all__ = ["ModelSpec", "NonFiniteLoss", "OptimConfig", "TrainConfig", "TrainState", "WeightsSpec", "build_model",
+           "evaluate", "train"]

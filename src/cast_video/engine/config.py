@@ -43,6 +43,14 @@ class OptimConfig:
     update_freq: int = 1  # gradient accumulation
     clip_grad: float | None = None
     recipe_total_batch: int = 0  # the total batch a recipe was tuned at (warns when run at another); 0: none
+    on_nonfinite: str = "stop"  # a NaN/inf loss: stop (save the state before it) | skip (drop that step)
+    max_nonfinite: int = 3  # with skip: stop after this many skipped steps in a row
+
+    def __post_init__(self):
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"optim.on_nonfinite must be stop or skip, got {self.on_nonfinite!r}")
+        if self.update_freq < 1:
+            raise ConfigError(f"optim.update_freq must be at least 1, got {self.update_freq}")
 
 
 @dataclass

@@ -25,12 +25,28 @@ class DistInfo:
 
 
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun describes in the environment (NCCL on GPUs, gloo on CPUs)."""
+    """Join the process group torchrun describes in the environment (NCCL on GPUs, bound to this
+    process's GPU; gloo on CPUs)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if "RANK" not in os.environ or dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else DistInfo()
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend)
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank) if dist.is_initialized() else DistInfo()
+    if device.type == "cuda":
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group("gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def close_distributed() -> None:
+    """Leave the process group (every rank, at the end of a command that joined it)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    """Every rank waits here, e.g. until rank 0 has written a checkpoint."""
+    if info.world > 1:
+        dist.barrier()
 
 
 class ResumableSampler(Sampler[int]):
@@ -72,6 +88,15 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def gather_tensor(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """(world, *t.shape): every rank's `t`, in rank order, in one collective; (1, *t.shape) alone."""
+    if info.world == 1:
+        return t[None]
+    parts = [torch.empty_like(t) for _ in range(info.world)]
+    dist.all_gather(parts, t)
+    return torch.stack(parts)
 
 
 def gather_objects(obj, info: DistInfo) -> list:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -28,8 +29,9 @@ def param_groups(model: CAST, cfg: OptimConfig) -> list[dict]:
     return [groups[k] for k in sorted(groups)]
 
 
-def build_optimizer(model: CAST, cfg: OptimConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.base_lr, betas=tuple(cfg.betas))
+def build_optimizer(model: CAST, cfg: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
+    """AdamW over `param_groups`; `fused` (one kernel for all parameters) on CUDA."""
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.base_lr, betas=tuple(cfg.betas), fused=fused or None)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float, start: float) -> float:
@@ -38,6 +40,20 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: fl
         return start + (peak - start) * step / warmup_steps
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """`lr_at` as the schedule of a run: the learning rate of optimizer step `step` (0-based)."""
+
+    total_steps: int
+    warmup_steps: int
+    peak: float
+    floor: float
+    start: float
+
+    def __call__(self, step: int) -> float:
+        return lr_at(step, self.total_steps, self.warmup_steps, self.peak, self.floor, self.start)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -46,6 +46,8 @@ class Predictor:
         self.heads = [h.name for h in cfg.heads]
         self.augment = build_gpu_augment(self.data, {h.name: h.num_classes for h in cfg.heads}).to(device).eval()
         self.device, self.precision, self.batch_size = torch.device(device), precision, batch_size
+        if self.device.type == "cuda":  # TF32 matmuls, as in training and evaluation
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     def _scores(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         """(N, V, 3, 2T, S, S) uint8 -> {task: (N, C)} probabilities averaged over the V views."""
