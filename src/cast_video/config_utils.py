@@ -21,58 +21,77 @@ def _suggest(key: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (valid keys: {', '.join(sorted(options))})"
 
 
+def _union(value: Any, args: tuple, path: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _convert(value, arg, path)
+        except ConfigError as err:
+            errors.append(str(err))
+    raise ConfigError(errors[0] if errors else f"{path}: cannot be {value!r}")
+
+
+def _dataclass(value: Any, tp: Any, path: str) -> Any:
+    if isinstance(value, tp):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
+    return from_dict(tp, value, path)
+
+
+def _sequence(value: Any, origin: Any, args: tuple, path: str) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{path}: expected a list, got {value!r}")
+    item = args[0] if args else Any
+    out = [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    return out if origin is list else tuple(out)
+
+
+def _mapping(value: Any, args: tuple, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+    return {k: _convert(v, args[1] if args else Any, f"{path}.{k}") for k, v in value.items()}
+
+
+def _number(value: Any) -> float | None:
+    """A float from a number or a numeric string ("1e-3", which YAML 1.1 reads as a string); None if not."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+# scalar type -> (conversion returning None when the value does not fit, what was expected)
+_SCALARS = {
+    bool: (lambda v: v if isinstance(v, bool) else None, "true or false"),
+    float: (_number, "a number"),
+    int: (lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None, "an integer"),
+    str: (lambda v: v if isinstance(v, str) else None, "a string"),
+}
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, path)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{path}: cannot be {value!r}")
+        return _union(value, args, path)
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, path)
+        return _dataclass(value, tp, path)
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        item = args[0] if args else Any
-        out = [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-        return out if origin is list else tuple(out)
+        return _sequence(value, origin, args, path)
     if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return {k: _convert(v, args[1] if args else Any, f"{path}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected true or false, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return _mapping(value, args, path)
+    if tp in _SCALARS:
+        convert, expected = _SCALARS[tp]
+        out = convert(value)
+        if out is None:
+            raise ConfigError(f"{path}: expected {expected}, got {value!r}")
+        return out
     return value
 
 
