@@ -358,13 +358,15 @@ def test_every_trainable_parameter_gets_a_gradient_in_every_ablation(ablation):
 
 
 def test_compiled_model_has_no_graph_breaks_and_no_recompiles_across_micro_batches():
-    model = CAST(preset_config("cast_tiny", {"drop_path": 0.1})).train()
+    """fullgraph=True fails on any graph break (what `torch._dynamo.explain` would list); a recompile
+    across same-shape micro-batches fails through error_on_recompile. One block covers every code path."""
+    model = CAST(preset_config("cast_tiny", {"drop_path": 0.1, "spatial.depth": 1, "temporal.depth": 1})).train()
     video = torch.randn(2, 3, 8, 32, 32)
-    explanation = torch._dynamo.explain(model)(video)
-    assert explanation.graph_break_count == 0, explanation.break_reasons
     torch._dynamo.reset()
-    compiled = torch.compile(model, backend="eager")
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        for _ in range(3):
-            sum(v.float().sum() for v in compiled(torch.randn_like(video)).values()).backward()
-    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            for _ in range(3):
+                sum(v.float().sum() for v in compiled(torch.randn_like(video)).values()).backward()
+    finally:
+        torch._dynamo.reset()

@@ -44,6 +44,41 @@ from .video import FrameFolderBackend, VideoReadError, get_backend, read_frames,
 log = logging.getLogger(__name__)
 
 
+def _read_samples(cfg: DataConfig, file: str) -> tuple[list[Sample], dict[str, list[str]]]:
+    """The samples of one annotation file in `cfg.format`, and the class names the file itself gives."""
+    task = cfg.tasks[0]
+    if cfg.format == "epic_csv":
+        return read_epic_csv(file, cfg.root, cfg.layout, cfg.video_template, cfg.frames_template,
+                             cfg.use_timestamps), {}
+    if cfg.format == "cast_epic":
+        return read_cast_epic_list(file, cfg.root, cfg.video_ext or ".mp4"), {}
+    if cfg.format == "k400_csv":
+        samples, found = read_kinetics_csv(file, cfg.root, task=task)
+        return samples, {task: found}
+    if cfg.format == "ssv2_json":
+        samples, found = read_ssv2_json(file, cfg.labels_json, cfg.root, task=task, ext=cfg.video_ext or ".webm")
+        return samples, {task: found}
+    if cfg.format == "unlabeled":
+        return read_unlabeled(file), {}
+    if cfg.format == "generic":
+        samples, found = read_generic(file, cfg.root, task=task)
+        return samples, {task: found} if found else {}  # a folder per class names them; a CSV may not
+    return read_path_label_list(file, cfg.root, task=task), {}
+
+
+def _read_class_names(files: dict[str, str]) -> dict[str, list[str]]:
+    """Class names per task from EPIC's class CSVs, SSV2's labels.json or a text file of one per line."""
+    names = {}
+    for task, class_file in files.items():
+        if class_file.endswith(".csv"):
+            names[task] = read_epic_classes(class_file)
+        elif class_file.endswith(".json"):
+            names[task] = read_ssv2_labels(class_file)
+        else:
+            names[task] = Path(class_file).read_text().splitlines()
+    return names
+
+
 def load_annotations(cfg: DataConfig, split: str) -> tuple[list[Sample], dict[str, list[str]]]:
     """Samples of a split and the class names per task that the files give, checked (labels in
     range, files present with `check_files`) so that errors surface before training."""
@@ -52,32 +87,8 @@ def load_annotations(cfg: DataConfig, split: str) -> tuple[list[Sample], dict[st
         raise ConfigError(f"data.{split}: no annotation file given")
     if not os.path.exists(file):
         raise AnnotationError(f"data.{split}: {file} does not exist")
-    names: dict[str, list[str]] = {}
-    task = cfg.tasks[0]
-    if cfg.format == "epic_csv":
-        samples = read_epic_csv(file, cfg.root, cfg.layout, cfg.video_template, cfg.frames_template,
-                                cfg.use_timestamps)
-    elif cfg.format == "cast_epic":
-        samples = read_cast_epic_list(file, cfg.root, cfg.video_ext or ".mp4")
-    elif cfg.format == "k400_csv":
-        samples, names[task] = read_kinetics_csv(file, cfg.root, task=task)
-    elif cfg.format == "ssv2_json":
-        samples, names[task] = read_ssv2_json(file, cfg.labels_json, cfg.root, task=task, ext=cfg.video_ext or ".webm")
-    elif cfg.format == "unlabeled":
-        samples = read_unlabeled(file)
-    elif cfg.format == "generic":
-        samples, found = read_generic(file, cfg.root, task=task)
-        if found:
-            names[task] = found
-    else:
-        samples = read_path_label_list(file, cfg.root, task=task)
-    for t, class_file in cfg.class_names.items():
-        if class_file.endswith(".csv"):
-            names[t] = read_epic_classes(class_file)
-        elif class_file.endswith(".json"):
-            names[t] = read_ssv2_labels(class_file)
-        else:
-            names[t] = Path(class_file).read_text().splitlines()
+    samples, names = _read_samples(cfg, file)
+    names.update(_read_class_names(cfg.class_names))
     validate(samples, names, cfg.check_files)
     return samples, names
 

@@ -334,6 +334,28 @@ def _official_head(key: str, single_head: str) -> str | None:
     return None
 
 
+# B-CAST position tables of the official blocks: (our name in the exchange, whether (T, d) becomes (T, 1, d))
+_OFFICIAL_POS = {"t2s_cross.clip_time_pos": ("t2s.pos_q_time", True),
+                 "t2s_cross.vmae_time_pos": ("t2s.pos_kv_time", True),
+                 "s2t_cross.vmae_space_pos": ("s2t.pos_q_space", False),  # S2T queries are the temporal tokens
+                 "s2t_cross.clip_space_pos": ("s2t.pos_kv_space", False)}
+
+
+def _official_block_entry(key: str, i: str, rest: str, value: torch.Tensor, params: dict, block: dict) -> dict:
+    """Our entries for the official key `blocks.{i}.{rest}` (`?key` for one we do not know)."""
+    mod, _, leaf = rest.rpartition(".")
+    if rest in params:
+        return {params[rest].format(i=i): value}
+    if rest == "clip_attn.in_proj_bias":
+        return {f"spatial.blocks.{i}.{k}": v for k, v in _split_qkv_bias(value).items()}
+    if rest in _OFFICIAL_POS:
+        name, add_axis = _OFFICIAL_POS[rest]
+        return {f"blocks.{i}.exchange.{name}": value[:, None] if add_axis else value}  # (T, d) -> (T, 1, d)
+    if mod in block and leaf in ("weight", "bias"):
+        return {f"{block[mod].format(i=i)}.{leaf}": value}
+    return {f"?{key}": value}
+
+
 def from_official_cast(sd: dict[str, torch.Tensor], single_head: str = "action") -> tuple[dict, list[str]]:
     """The official CAST repository's fine-tuned checkpoints -> whole-CAST names. `single_head` names
     the head of a one-head (SSV2 / K400) checkpoint, as the config it is loaded into does."""
@@ -388,22 +410,5 @@ def from_official_cast(sd: dict[str, torch.Tensor], single_head: str = "action")
         elif m is None:
             ours[f"?{key}"] = value
         else:
-            i, rest = m.group(1), m.group(2)
-            mod, _, leaf = rest.rpartition(".")
-            if rest in params:
-                ours[params[rest].format(i=i)] = value
-            elif rest == "clip_attn.in_proj_bias":
-                ours.update({f"spatial.blocks.{i}.{k}": v for k, v in _split_qkv_bias(value).items()})
-            elif rest == "t2s_cross.clip_time_pos":
-                ours[f"blocks.{i}.exchange.t2s.pos_q_time"] = value[:, None]  # (T, d) -> (T, 1, d)
-            elif rest == "t2s_cross.vmae_time_pos":
-                ours[f"blocks.{i}.exchange.t2s.pos_kv_time"] = value[:, None]
-            elif rest == "s2t_cross.vmae_space_pos":  # S2T queries are the temporal tokens
-                ours[f"blocks.{i}.exchange.s2t.pos_q_space"] = value
-            elif rest == "s2t_cross.clip_space_pos":
-                ours[f"blocks.{i}.exchange.s2t.pos_kv_space"] = value
-            elif mod in block and leaf in ("weight", "bias"):
-                ours[f"{block[mod].format(i=i)}.{leaf}"] = value
-            else:
-                ours[f"?{key}"] = value
+            ours.update(_official_block_entry(key, m.group(1), m.group(2), value, params, block))
     return ours, extras
