@@ -168,6 +168,7 @@ class Run:
     ckpt: CheckpointManager
     progress: bool = True
     val_set: object = None
+    val_loader: DataLoader | None = None  # its workers persist between evaluations
     last_save: tuple[int, Path] | None = None  # (step, file) of the newest checkpoint of this run
     log_file: object = None
     writer: object = None
@@ -321,7 +322,7 @@ def end_epoch(state: TrainState, run: Run, report: dict) -> None:
     improved = False
     if run.val_set is not None and (done % cfg.eval_every_epochs == 0 or done == cfg.optim.epochs):
         metrics, _ = evaluate(run.evaluator, cfg, "val", run.device, info, progress=run.progress,
-                              dataset=run.val_set)
+                              dataset=run.val_set, loader=run.val_loader)
         score = _headline(metrics)
         improved, state.best = score > state.best, max(state.best, score)
         state.history.append({"epoch": done, **metrics})
@@ -423,6 +424,8 @@ def setup(cfg: TrainConfig, progress: bool, given: dict) -> tuple[Run, TrainStat
     task = ClassificationTask(augment, model.config.trained_outputs(), cfg.precision, device, cfg.seed, info.rank)
     run = Run(cfg, info, device, runner, evaluator, task, train_set, sampler, loader,
               CheckpointManager(out_dir, cfg.keep_last), progress, val_set, owns_group=owns_group and info.world > 1)
+    if val_set is not None:
+        run.val_loader = eval_loader(val_set, cfg, info, device, persistent=True)
     _announce(cfg, info, steps_per_epoch)
     _resume(state, run)
     if info.main:
@@ -542,10 +545,20 @@ def _merge(parts: list[dict], heads: list[str]) -> dict:
     return {"id": [ids[i] for i in order], "scores": scores, "labels": labels}
 
 
+def eval_loader(dataset, cfg: TrainConfig, info: DistInfo, device: torch.device, persistent: bool = False):
+    """This rank's shard of `dataset` in batches of half the training batch (each sample has all its views).
+    `persistent` keeps the workers between evaluations (the validation set of a run)."""
+    return DataLoader(dataset, batch_size=max(1, cfg.optim.batch_size // 2), sampler=ShardSampler(len(dataset), info),
+                      num_workers=cfg.num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                      persistent_workers=persistent and cfg.num_workers > 0,
+                      generator=torch.Generator())  # leaves the global RNG (drop path's stream) untouched
+
+
 def evaluate(model: nn.Module, cfg: TrainConfig, split: str, device: torch.device, info: DistInfo | None = None,
-             progress: bool = True, dataset=None) -> tuple[dict, dict]:
-    """Multi-view evaluation of a split (or of `dataset`): every sample counted once across ranks.
-    Returns the metrics and the per-video results {"id", "scores": {task: (N, C)}, "labels": {task: (N,)}}."""
+             progress: bool = True, dataset=None, loader: DataLoader | None = None) -> tuple[dict, dict]:
+    """Multi-view evaluation of a split (or of `dataset`, through `loader` if given): every sample counted
+    once across ranks. Returns the metrics and the per-video results
+    {"id", "scores": {task: (N, C)}, "labels": {task: (N,)}}."""
     info = info or DistInfo()
     if cfg.precision == "auto":  # `cast-video eval`; training passes its resolved precision
         cfg = dataclasses.replace(cfg, precision=prepare(model, cfg.precision, device)[0])
@@ -554,9 +567,7 @@ def evaluate(model: nn.Module, cfg: TrainConfig, split: str, device: torch.devic
         dataset = build_dataset(cfg.data, split, seed=cfg.seed)
         check_labels(dataset, heads, split, need_labels=False, main=info.main)
     augment = build_gpu_augment(cfg.data, heads).to(device).eval()
-    loader = DataLoader(dataset, batch_size=max(1, cfg.optim.batch_size // 2), sampler=ShardSampler(len(dataset), info),
-                        num_workers=cfg.num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
-                        generator=torch.Generator())  # leaves the global RNG (drop path's stream) untouched
+    loader = loader or eval_loader(dataset, cfg, info, device)
     model.eval()
     part = {"index": [], "id": [], "scores": {t: [] for t in heads}, "labels": {t: [] for t in heads}}
     for batch in tqdm(loader, desc=f"eval {split}", disable=not (progress and info.main), dynamic_ncols=True):
