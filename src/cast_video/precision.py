@@ -9,8 +9,8 @@ One rule for train, eval, predict and benchmark (docs/benchmarks.md has the meas
   Without those instructions PyTorch converts bf16 to fp32 and back around every matmul (CAST-B/16
   inference 7.9x slower in bf16 on an EPYC without them); with them a small model still loses more
   to the casts than it gains (cast_tiny training 1.7-2x slower in bf16, with AMX and with
-  AVX512-BF16), while CAST-B/16 inference gains (3.1x faster with AMX; 0.72x the time with
-  AVX512-BF16 once the frozen weights are stored in bf16, `CAST.cast_frozen_`).
+  AVX512-BF16), while CAST-B/16 gains (inference 3.1x faster with AMX; inference and training
+  0.4-0.8x the time with AVX512-BF16).
 - Any other device (mps, xpu, ...): fp32, the one precision every backend computes correctly.
 
 An explicit `bf16`, `fp16` or `fp32` is always obeyed; the reason then says when it is likely slow.
