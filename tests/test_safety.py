@@ -178,3 +178,15 @@ def test_every_refusal_is_a_cast_video_error(hostile):
     for path in files.values():
         with pytest.raises(CastVideoError):
             load_expert(CAST.from_preset("cast_tiny").spatial, path)
+
+
+def test_eval_checkpoint_refuses_hostile_pickles(tmp_path, hostile, capsys):
+    """`cast-video eval --checkpoint FILE`: a training checkpoint someone sent runs no code either."""
+    marker, files = hostile
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  preset: cast_tiny\n")
+    for kind in ("zip", "legacy", "pickle"):
+        line = _one_line_error(capsys, main(["eval", str(config), "--checkpoint", str(files[kind])]), "eval",
+                               files[kind], log_lines=True)
+        assert ".open, which could run code" in line
+    assert not marker.exists()

@@ -15,22 +15,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from einops import rearrange
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config_utils import ConfigError, to_dict
 from .data import DataConfig, build_dataset, build_gpu_augment, collate
 from .engine.checkpoint import load_checkpoint, save_checkpoint
+from .files import atomic_write_bytes, atomic_write_json
 from .models.experts import ExpertBlock, ExpertConfig, ViTExpert
 from .models.layers import sinusoid_table, trunc_normal_init
+from .seeds import DEFAULT_SEED
 
 
 @dataclass
@@ -57,7 +58,7 @@ class PretrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     num_workers: int = 4
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     output_dir: str = "runs/pretrain"
     grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more compute
 
@@ -193,7 +194,7 @@ def pretrain(cfg: PretrainConfig, dataset=None, progress: bool = True) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = state["epoch"], state["history"]
-    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    atomic_write_json(out / "config.json", to_dict(cfg))
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1 + start)
     steps_per_epoch = len(loader)
     total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
@@ -223,10 +224,8 @@ def pretrain(cfg: PretrainConfig, dataset=None, progress: bool = True) -> dict:
         save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                       "history": history}, ckpt_path)
     expert_path = out / "expert.safetensors"
-    tmp = expert_path.with_name(expert_path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.encoder.state_dict().items()}, str(tmp),
-              metadata={"arch": "videomae", "config": json.dumps(to_dict(cfg.expert))})
-    os.replace(tmp, expert_path)
+    atomic_write_bytes(expert_path, save({k: v.contiguous() for k, v in model.encoder.state_dict().items()},
+                                         metadata={"arch": "videomae", "config": json.dumps(to_dict(cfg.expert))}))
     return {"loss": history, "expert": str(expert_path), "checkpoint": str(ckpt_path)}
 
 

@@ -7,18 +7,17 @@ random pose) from the training digits only. The head is dropped afterwards; CAST
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from ..data import ClipAugment, DataConfig
+from ..files import atomic_write_bytes, atomic_write_json
 from ..models.experts import ExpertConfig, ViTExpert
 from .config import SpatialPretrainConfig
 from .synth import SynthConfig, load_digit_images, render_still, split_images
@@ -80,10 +79,9 @@ def train_spatial_expert(expert_cfg: ExpertConfig, img_size: int, cfg: SpatialPr
         if log is not None:
             log(f"spatial expert epoch {epoch + 1}: loss {total / count:.3f}, validation still accuracy {acc:.1%}")
     path = out / "spatial.safetensors"
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in expert.state_dict().items()}, str(tmp), metadata={"arch": "clip"})
-    os.replace(tmp, path)
-    (out / "spatial_history.json").write_text(json.dumps(history, indent=1))
+    weights = {k: v.contiguous() for k, v in expert.state_dict().items()}
+    atomic_write_bytes(path, save(weights, metadata={"arch": "clip"}))
+    atomic_write_json(out / "spatial_history.json", history, indent=1)
     return {"expert": str(path), "val_still_acc": history[-1]["val_acc"], "history": history}
 
 

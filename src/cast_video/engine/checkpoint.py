@@ -12,6 +12,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..files import atomic_open, atomic_write
+from ..weights.io import refusal
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -30,12 +32,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError for objects beyond tensors and containers, RuntimeError for non-torch
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a training checkpoint that loads safely with weights_only=True "
-                              f"({reason})") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on pickle protocols; the error names what matters
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # UnpicklingError beyond tensors and containers, RuntimeError for non-torch files
+            raise CheckpointError(refusal(path, err, "")) from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a cast-video training checkpoint (no 'model' entry)")
     return state

@@ -176,8 +176,8 @@ def refusal(path: Path, err: Exception, hint: str) -> str:
     unsafe = unsafe_globals(path)
     if unsafe:
         return (f"{path}: refused: the file's pickle refers to {', '.join(unsafe[:4])}, which could run code "
-                f"(only tensors and plain containers are loaded){hint}")
-    return f"{path}: not a checkpoint that can be read safely ({_reason(err)})"
+                f"(torch.load with weights_only=True loads tensors and plain containers only){hint}")
+    return f"{path}: not a checkpoint that can be read safely with weights_only=True ({_reason(err)})"
 
 
 def load_pickle_safely(path: Path, hint: str = _TRUST_HINT):
