@@ -298,3 +298,26 @@ def test_vjepa2_from_experts_keeps_its_rotary_grid(tmp_path):
     model = from_experts(str(tmp_path / "s"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=24).eval()
     xs, xt = model.forward_features(torch.randn(1, 3, FRAMES, 24, 24))
     assert xs.shape == (1, FRAMES // 2, 16, WIDTH) and xt.shape == (1, FRAMES // 2, 16, 64)
+
+
+def test_a_training_config_takes_the_experts_from_its_weights(tmp_path):
+    """`model.from_experts: true` in a run's config: the architectures come from `weights.spatial` /
+    `weights.temporal`, the heads, frames and crop from the preset, and the weights are loaded."""
+    from cast_video.config_utils import ConfigError, load_yaml
+    from cast_video.engine import TrainConfig, build_model
+
+    hf = _siglip()
+    hf.save_pretrained(tmp_path / "s")
+    _write_preprocessor(tmp_path / "s", "siglip")
+    _videomae(tmp_path / "t")
+    (tmp_path / "run.yaml").write_text(
+        f"model: {{preset: cast_tiny, from_experts: true}}\n"
+        f"weights: {{spatial: {tmp_path / 's'}, temporal: {tmp_path / 't'}}}\n")
+    model = build_model(load_yaml(TrainConfig, tmp_path / "run.yaml", ["model.overrides.drop_path=0.1"]))
+    cfg = model.config
+    assert (cfg.spatial.arch, cfg.spatial.width, cfg.spatial.norm, cfg.temporal.arch) == ("siglip", WIDTH, "siglip",
+                                                                                          "videomae")
+    assert [(h.name, h.num_classes) for h in cfg.heads] == [("verb", 8), ("noun", 10)] and cfg.drop_path == 0.1
+    assert torch.equal(model.spatial.map_head.probe, hf.head.probe.reshape(-1))
+    with pytest.raises(ConfigError, match="model.from_experts reads the experts from weights.spatial"):
+        build_model(load_yaml(TrainConfig, tmp_path / "run.yaml", ["weights.temporal="]))

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+from ..config_utils import apply_overrides
 from ..errors import ConfigError
 from ..models import ABLATIONS, PRESETS, preset_config
 from ..models.counting import model_summary
-from ..weights import experts_config
+from ..weights import paired_config
 
 
 def register(sub) -> None:
@@ -31,11 +32,12 @@ def _expert_line(role: str, e, input_size: int) -> str:
 
 
 def run(args) -> int:
-    cfg = preset_config(args.preset, None if args.spatial else args.set, ablation=args.ablation)
     if bool(args.spatial) != bool(args.temporal):
         raise ConfigError("cast-video info: --spatial and --temporal go together")
+    cfg = preset_config(args.preset, ablation=args.ablation)
     if args.spatial:  # the preset gives the heads, frames and crop; the experts come from their checkpoints
-        cfg = experts_config(args.spatial, args.temporal, cfg.heads, cfg.num_frames, cfg.img_size, args.set)
+        cfg = paired_config(cfg, args.spatial, args.temporal)
+    cfg = apply_overrides(cfg, args.set) if args.set else cfg
     summary = model_summary(cfg)
     summary["params_frozen"] = summary["params_total"] - summary["params_trainable"]
     if args.json:

@@ -16,6 +16,9 @@ class ModelSpec:
     preset: str = "cast_tiny"
     ablation: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted CASTConfig keys, e.g. {"bcast_ratio": 0.25}
+    # The experts' architectures from `weights.spatial` / `weights.temporal` (transformers folders or hub
+    # ids, e.g. SigLIP 2 + VideoMAE), read from their own configs; the preset gives everything else.
+    from_experts: bool = False
 
 
 @dataclass

@@ -38,13 +38,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config_utils import ConfigError, to_dict
+from ..config_utils import ConfigError, apply_overrides, to_dict
 from ..data import build_dataset, build_gpu_augment, collate
 from ..errors import NonFiniteLoss
 from ..files import atomic_write_json, atomic_write_text
 from ..models import CAST, preset_config
 from ..precision import autocast, prepare
-from ..weights import load_experts, save_pretrained
+from ..weights import load_experts, paired_config, save_pretrained
 from .checkpoint import CheckpointManager, load_checkpoint, rng_state
 from .config import TrainConfig
 from .distributed import (
@@ -82,7 +82,12 @@ def build_model(cfg: TrainConfig) -> CAST:
     # The model records how its input is normalised (data.norm), so an expert with its own statistics can
     # convert exactly and `predict` normalises a saved model's input the same way.
     overrides = {"input_norm": cfg.data.norm, **cfg.model.overrides}
-    config = preset_config(cfg.model.preset, overrides, ablation=cfg.model.ablation)
+    config = preset_config(cfg.model.preset, ablation=cfg.model.ablation)
+    if cfg.model.from_experts:
+        if not (cfg.weights.spatial and cfg.weights.temporal):
+            raise ConfigError("model.from_experts reads the experts from weights.spatial and weights.temporal")
+        config = paired_config(config, cfg.weights.spatial, cfg.weights.temporal)
+    config = apply_overrides(config, overrides)
     if config.input_norm != cfg.data.norm:
         raise ConfigError(f"model.overrides.input_norm is {config.input_norm!r} but data.norm is {cfg.data.norm!r}; "
                           "leave input_norm out, it follows data.norm")

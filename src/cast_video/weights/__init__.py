@@ -5,7 +5,7 @@ is built from its config, then loaded with `load_experts(model, ...)`, or rebuil
 `from_pretrained(dir)`.
 """
 
-from .experts import experts_config, from_experts, read_expert
+from .experts import experts_config, from_experts, paired_config, read_expert
 from .formats import EXPERT_FORMATS, detect_format
 from .io import WeightsError, read_state_dict, read_torchscript
 from .loading import (
@@ -19,5 +19,5 @@ from .loading import (
 )
 
 __all__ = ["EXPERT_FORMATS", "LoadReport", "WeightsError", "detect_format", "experts_config", "from_experts",
-           "from_pretrained", "load_expert", "load_experts", "load_official_cast", "push_to_hub", "read_expert",
-           "read_state_dict", "read_torchscript", "save_pretrained"]
+           "from_pretrained", "load_expert", "load_experts", "load_official_cast", "paired_config", "push_to_hub",
+           "read_expert", "read_state_dict", "read_torchscript", "save_pretrained"]

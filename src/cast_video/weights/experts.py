@@ -125,13 +125,23 @@ def _align(spatial: ExpertConfig, temporal: ExpertConfig, img_size: int) -> tupl
 def experts_config(spatial, temporal, heads, num_frames: int = 16, img_size: int = 224,
                    overrides: dict[str, Any] | list[str] | None = None) -> CASTConfig:
     """The CASTConfig of two checkpoints (folders or hub ids), read from their own configs; no weights."""
-    s, t = read_expert(spatial), read_expert(temporal)
-    s, t = _align(s, t, img_size)
+    s, t = _align(read_expert(spatial), read_expert(temporal), img_size)
     try:
         cfg = CASTConfig(spatial=s, temporal=t, heads=_heads(heads), num_frames=num_frames, img_size=img_size)
     except ValueError as err:
         raise WeightsError(f"{spatial} + {temporal}: {err}") from err
     return apply_overrides(cfg, overrides) if overrides else cfg
+
+
+def paired_config(base: CASTConfig, spatial, temporal) -> CASTConfig:
+    """`base` (a preset: heads, frames, crop, exchange and training settings) with its two experts
+    replaced by two checkpoints', read from their own configs and aligned on base's crop. This is what
+    `model.from_experts: true` does with `weights.spatial` / `weights.temporal` in a training config."""
+    s, t = _align(read_expert(spatial), read_expert(temporal), base.img_size)
+    try:
+        return dataclasses.replace(base, spatial=s, temporal=t)
+    except ValueError as err:
+        raise WeightsError(f"{spatial} + {temporal}: {err}") from err
 
 
 def from_experts(spatial, temporal, heads, num_frames: int = 16, img_size: int = 224,
