@@ -210,7 +210,8 @@ def test_unsupported_checkpoints_are_named(tmp_path):
     deep = _randomise(Dinov2Model(Dinov2Config(**{**SMALL, "num_hidden_layers": 3}, mlp_ratio=3, image_size=32)))
     deep.save_pretrained(tmp_path / "deep")
     _videomae(tmp_path / "t")
-    with pytest.raises(WeightsError, match="same depth"):
+    with pytest.raises(WeightsError, match="depths must be equal or one a multiple of the other.*spatial 3 and "
+                                           "temporal 2"):
         experts_config(str(tmp_path / "deep"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=32)
 
 
@@ -321,3 +322,32 @@ def test_a_training_config_takes_the_experts_from_its_weights(tmp_path):
     assert torch.equal(model.spatial.map_head.probe, hf.head.probe.reshape(-1))
     with pytest.raises(ConfigError, match="model.from_experts reads the experts from weights.spatial"):
         build_model(load_yaml(TrainConfig, tmp_path / "run.yaml", ["weights.temporal="]))
+
+
+def test_experts_of_different_depths_pair_k_blocks_to_one():
+    """A 2-block spatial expert with a 4-block temporal one (as 12 with 24): two CAST blocks, each after
+    two temporal blocks; untrained, each expert computes what it computes alone; layer decay groups
+    temporal blocks 2i and 2i+1 with CAST block i."""
+    torch.manual_seed(0)
+    model = CAST.from_preset("cast_tiny", **{"spatial.depth": 2, "temporal.depth": 4}).eval()
+    assert len(model.blocks) == model.config.depth == 2 and model.config.blocks_per_step("temporal") == 2
+    video = torch.randn(2, 3, 8, 32, 32)
+    with torch.no_grad():
+        xs, xt = model.forward_features(video)
+        alone_s = model.spatial.forward_tokens(video, joint_time=False)[-1]
+        alone_t = model.temporal.forward_tokens(video, joint_time=True)[-1]
+    torch.testing.assert_close(xs, alone_s, rtol=0, atol=0)
+    torch.testing.assert_close(xt, alone_t, rtol=0, atol=0)
+    assert [model.layer_id(f"temporal.blocks.{j}.mlp.fc1.weight") for j in range(4)] == [1, 1, 2, 2]
+    assert [model.layer_id(f"spatial.blocks.{j}.mlp.fc1.weight") for j in range(2)] == [1, 2]
+    # CAST block i gets the temporal tokens after temporal block 2i (run alone) and adapts block 2i+1.
+    seen = []
+    model.blocks[1].register_forward_pre_hook(lambda m, args: seen.append(args))
+    with torch.no_grad():
+        model.forward_features(video)
+        after_2 = model.temporal.forward_tokens(video, joint_time=True)[3]  # after temporal blocks 0, 1, 2
+    _, xt_in, sb, tb = seen[0]
+    torch.testing.assert_close(xt_in, after_2, rtol=0, atol=0)
+    assert sb is model.spatial.blocks[1] and tb is model.temporal.blocks[3]
+    with pytest.raises(ValueError, match="one a multiple of the other"):
+        CAST.from_preset("cast_tiny", **{"spatial.depth": 3, "temporal.depth": 4})

@@ -88,10 +88,10 @@ class CASTConfig:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.input_norm not in PIXEL_STATS:
             raise ValueError(f"input_norm must be one of {tuple(PIXEL_STATS)}, got {self.input_norm!r}")
-        if self.spatial.depth != self.temporal.depth:
-            raise ValueError(
-                f"the experts must have the same depth, got {self.spatial.depth} and {self.temporal.depth}"
-            )
+        deep, shallow = max(self.spatial.depth, self.temporal.depth), min(self.spatial.depth, self.temporal.depth)
+        if deep % shallow:
+            raise ValueError(f"the experts' depths must be equal or one a multiple of the other (blocks are paired "
+                             f"k to 1), got spatial {self.spatial.depth} and temporal {self.temporal.depth}")
         self._check_grids()
         if not self.heads:
             raise ValueError("at least one head is needed")
@@ -99,8 +99,8 @@ class CASTConfig:
         if len(set(names)) != len(names):
             raise ValueError(f"head names must be unique, got {names}")
         for i in self.bcast_layers or []:
-            if not 0 <= i < self.spatial.depth:
-                raise ValueError(f"bcast_layers: block {i} does not exist (depth {self.spatial.depth})")
+            if not 0 <= i < self.depth:
+                raise ValueError(f"bcast_layers: block {i} does not exist (depth {self.depth})")
         if self.fusion == "add" and self.spatial.width != self.temporal.width and any(
             h.source == "fused" for h in self.heads
         ):
@@ -118,7 +118,15 @@ class CASTConfig:
 
     @property
     def depth(self) -> int:
-        return self.spatial.depth
+        """CAST blocks: the shallower expert's depth. Block-to-block map for experts of depths d and k*d:
+        CAST block i holds expert blocks k*i .. k*i+k-1 of the deeper expert; the first k-1 of them run
+        as the expert alone would (frozen, no adapters), the last one is adapted and exchanges with block i
+        of the shallower expert (so B-CAST sits at the same relative depth in both)."""
+        return min(self.spatial.depth, self.temporal.depth)
+
+    def blocks_per_step(self, role: str) -> int:
+        """k: expert blocks of `role` per CAST block (1 for experts of equal depth)."""
+        return getattr(self, role).depth // self.depth
 
     @property
     def bottleneck_dim(self) -> int:
@@ -289,8 +297,8 @@ class CAST(nn.Module):
         if parts[0] == "blocks":
             return int(parts[1]) + 1
         if parts[0] in ("spatial", "temporal"):
-            if parts[1] == "blocks":
-                return int(parts[2]) + 1
+            if parts[1] == "blocks":  # the CAST block it belongs to (several per block for a deeper expert)
+                return int(parts[2]) // self.config.blocks_per_step(parts[0]) + 1
             if parts[1] == "norm":
                 return self.config.depth + 1
             return 0
@@ -306,12 +314,21 @@ class CAST(nn.Module):
         self._check_input(video)
         xs = self.spatial.embed(video)
         xt = self.temporal.embed(video)
-        for block, sb, tb in zip(self.blocks, self.spatial.blocks, self.temporal.blocks, strict=True):
+        for i in range(len(self.blocks)):
             if self.config.grad_checkpointing and self.training:  # recompute activations in backward: less memory
-                xs, xt = checkpoint(block, xs, xt, sb, tb, use_reentrant=False)
+                xs, xt = checkpoint(self._step, i, xs, xt, use_reentrant=False)
             else:
-                xs, xt = block(xs, xt, sb, tb)
+                xs, xt = self._step(i, xs, xt)
         return xs, xt
+
+    def _step(self, i: int, xs: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CAST block i (eq. 3-5), after the deeper expert's unadapted blocks before it (`CASTConfig.depth`)."""
+        ks, kt = self.config.blocks_per_step("spatial"), self.config.blocks_per_step("temporal")
+        for plain in self.spatial.blocks[i * ks:(i + 1) * ks - 1]:
+            xs = plain(xs, joint_time=False)
+        for plain in self.temporal.blocks[i * kt:(i + 1) * kt - 1]:
+            xt = plain(xt, joint_time=True)
+        return self.blocks[i](xs, xt, self.spatial.blocks[(i + 1) * ks - 1], self.temporal.blocks[(i + 1) * kt - 1])
 
     def forward_head(self, tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Pooled features -> {head name: logits (B, C)} (eq. 6 for fused heads)."""
