@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo lint mutants clean
 
 setup: $(STAMP)
 
@@ -26,5 +26,10 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check src tests benchmarks tools
 
+# Mutation testing of the files changed since main (or FILES="engine/metrics.py ..."), with their fast
+# tests (or TESTS="tests/test_x.py ..."); prints the surviving mutants. See docs/CONTRIBUTING.md.
+mutants: setup
+	$(BIN)/python tools/mutants.py $(FILES) $(if $(TESTS),--tests $(TESTS)) $(if $(BASE),--base $(BASE))
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mutants

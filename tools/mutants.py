@@ -1,0 +1,144 @@
+"""`make mutants`: mutation testing (mutmut 3) of the files a change touches, with their fast tests.
+
+    make mutants                                   # files changed since the merge base with main
+    make mutants FILES="engine/metrics.py data/sampling.py"
+    make mutants FILES=engine/optim.py TESTS="tests/test_optim.py"
+    python tools/mutants.py --base origin/main
+
+mutmut copies the sources into a scratch folder, plants one small bug at a time (an operator, a
+constant, a dropped argument) and runs the tests that reach the mutated function; a mutant the tests
+do not notice "survived". The run happens in `.mutants/` (git-ignored, rebuilt on every run) with a
+pyproject.toml made from ours: `[tool.mutmut]` (the shared settings) plus the chosen files
+(`only_mutate`) and their fast tests (`pytest_add_cli_args_test_selection`). It ends with the score per
+file and the diff of every surviving mutant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path("src/cast_video")
+WORK = ROOT / ".mutants"
+
+# The fast tests that pin each module (seconds, not minutes). A module not listed gets the test files
+# that import it by name; TESTS= overrides both.
+FAST_TESTS = {
+    "engine/metrics.py": ["tests/test_metrics.py"],
+    "engine/optim.py": ["tests/test_optim.py"],
+    "data/sampling.py": ["tests/test_data_sampling.py"],
+    "data/augment.py": ["tests/test_data_augment.py"],
+}
+
+
+def source_file(name: str) -> Path:
+    """`engine/metrics.py`, `cast_video/engine/metrics.py` or `src/cast_video/engine/metrics.py`."""
+    path = Path(name)
+    for candidate in (path, Path("src") / path, PACKAGE / path):
+        if (ROOT / candidate).is_file() and candidate.parts[:2] == PACKAGE.parts:
+            return candidate
+    raise SystemExit(f"mutants: {name}: not a file under {PACKAGE}")
+
+
+def changed_files(base: str) -> list[Path]:
+    """Python files of the package changed since the merge base with `base`, committed or not."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+    merge_base = git("merge-base", base, "HEAD").strip()
+    names = git("diff", "--name-only", merge_base).split() + git("ls-files", "--others", "--exclude-standard").split()
+    return sorted({Path(n) for n in names
+                   if n.endswith(".py") and Path(n).parts[:2] == PACKAGE.parts and (ROOT / n).is_file()})
+
+
+def fast_tests(path: Path) -> list[str]:
+    relative = path.relative_to(PACKAGE).as_posix()
+    if relative in FAST_TESTS:
+        return FAST_TESTS[relative]
+    module = ".".join(path.with_suffix("").parts[1:])  # cast_video.engine.metrics
+    pattern = re.compile(rf"\b{re.escape(module)}\b")
+    return sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("test_*.py")
+                  if pattern.search(p.read_text()))
+
+
+def toml_value(value) -> str:
+    """TOML for the plain values a [tool.mutmut] table holds (JSON's strings, numbers and lists are TOML)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def write_workdir(files: list[Path], tests: list[str]) -> None:
+    """A fresh scratch copy: src, tests and configs, and a pyproject.toml for this selection."""
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for folder in ("src", "tests", "configs"):
+        shutil.copytree(ROOT / folder, WORK / folder, ignore=ignore)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    settings = {**project["tool"]["mutmut"], "only_mutate": [f.as_posix() for f in files],
+                "pytest_add_cli_args_test_selection": tests}
+    lines = ["[tool.mutmut]", *(f"{k} = {toml_value(v)}" for k, v in settings.items()), "",
+             "[tool.pytest.ini_options]",
+             *(f"{k} = {toml_value(v)}" for k, v in project["tool"]["pytest"]["ini_options"].items())]
+    (WORK / "pyproject.toml").write_text("\n".join(lines) + "\n")
+
+
+def mutmut(*args: str, capture: bool = False) -> str:
+    run = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=WORK, text=True,
+                         capture_output=capture, check=False)
+    if run.returncode != 0:
+        raise SystemExit(f"mutants: `mutmut {' '.join(args)}` failed ({run.returncode})\n{run.stderr or ''}")
+    return run.stdout if capture else ""
+
+
+def report(files: list[Path]) -> int:
+    """Print the score per file and every surviving mutant's diff; returns the number of survivors."""
+    lines = mutmut("results", "--all", "true", capture=True).splitlines()
+    results = [line.strip().rsplit(": ", 1) for line in lines if ": " in line]
+    survivors = [name for name, status in results if status == "survived"]
+    for name in survivors:
+        print(mutmut("show", name, capture=True))
+    print("mutation score (killed / all, per file):")
+    for path in files:
+        module = ".".join(path.with_suffix("").parts[1:]) + "."
+        counts = Counter(status for name, status in results if name.startswith(module))
+        total = sum(counts.values())
+        detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        print(f"  {path}: {counts['killed']}/{total} killed ({detail})")
+    print(f"{len(survivors)} surviving mutant(s)" + (": each is a bug the tests would let through, or an "
+                                                     "equivalent rewrite (say why in the change)" if survivors else ""))
+    return len(survivors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", help="files under src/cast_video (default: changed since --base)")
+    parser.add_argument("--base", default="main", help="branch to diff against (default: main)")
+    parser.add_argument("--tests", nargs="*", default=None, help="test files to run (default: the fast tests)")
+    parser.add_argument("--max-children", type=int, default=None, help="parallel mutants (default: CPU count)")
+    args = parser.parse_args(argv)
+    files = [source_file(f) for f in args.files] if args.files else changed_files(args.base)
+    if not files:
+        print(f"mutants: no Python file under {PACKAGE} changed since {args.base}; name some with FILES=...")
+        return 0
+    tests = args.tests or sorted({t for f in files for t in fast_tests(f)})
+    if not tests:
+        raise SystemExit(f"mutants: no test file imports {', '.join(map(str, files))}; name them with TESTS=...")
+    print(f"mutating {', '.join(map(str, files))}\nwith {' '.join(tests)}", flush=True)
+    write_workdir(files, tests)
+    mutmut("run", *(["--max-children", str(args.max_children)] if args.max_children else []))
+    report(files)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
