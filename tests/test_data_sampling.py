@@ -41,3 +41,18 @@ def test_dense_sampling_windows_and_padding():
     assert dense_indices(100, 16, 4, False)[0][0] == 19  # one view: the centre window
     idx, padded = dense_indices(30, 16, 4, False)
     assert padded == 8 and idx == [0, 4, 8, 12, 16, 20, 24, 28] + [29] * 8  # the last frame repeated
+
+
+def test_sampling_edges_pinned_by_mutation_testing():
+    """What `make mutants` found unpinned: integer indices, no padding count when the last frame is taken,
+    the first window of a short video in training, two test views, padding at the exact boundary."""
+    idx, padded = segment_indices(16, 16, False)
+    assert idx == list(range(16)) and padded == 0  # the last frame (15) is a frame, not padding
+    assert all(type(i) is int for i in idx)
+    assert segment_indices(5, 16, False)[1] == 0  # a short action repeats frames; nothing is padded
+    rng = np.random.default_rng(0)
+    assert {dense_indices(30, 16, 4, True, rng)[0][0] for _ in range(20)} == {0}  # no room: always frame 0
+    assert [dense_indices(100, 16, 4, False, view=v, num_views=2)[0][0] for v in range(2)] == [0, 39]
+    idx, padded = dense_indices(32, 16, 4, False)
+    assert idx == [0, 4, 8, 12, 16, 20, 24, 28] + [31] * 8 and padded == 8  # 32..60 are past frame 31
+    assert all(type(i) is int for i in idx)
