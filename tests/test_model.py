@@ -205,15 +205,57 @@ def test_sinusoid_table_matches_formula():
 
 
 # --- ablations and generality ---------------------------------------------------------------
-@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
-def test_every_ablation_builds_runs_and_trains(ablation):
+def _sides_reached(model: CAST) -> dict[str, set[str]]:
+    """Which expert's side (its adapters, its final norm, or the whole expert when fine-tuned) gets a
+    non-zero gradient from each head's loss alone."""
+    out = model(clip(model))
+    reached = {}
+    for head in ("verb", "noun"):
+        model.zero_grad(set_to_none=True)
+        out[head].square().sum().backward(retain_graph=True)
+        reached[head] = {side for side, mark in (("spatial", "s"), ("temporal", "t")) if any(
+            p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.trainable_parameters()
+            if n.startswith(f"{side}.") or f".{mark}_attn_adapter." in n or f".{mark}_mlp_adapter." in n)}
+    return reached
+
+
+# ablation -> (names its trainable parameters must contain, names none may contain,
+#              verb loss reaches the spatial side, noun loss reaches the temporal side)
+ABLATION_BEHAVIOUR = {
+    None: ({"exchange.down_s", "exchange.s2t.attn", "pos_q_time", "pos_q_space"}, {"heads_t", "t_to_s"}, True, True),
+    "independent": ({"spatial.blocks.0.attn", "temporal.blocks.3.mlp"}, {"adapter", "exchange"}, False, False),
+    "independent_adapters": ({"s_attn_adapter", "t_mlp_adapter"}, {"exchange", "spatial.blocks"}, False, False),
+    "identity": ({"s_attn_adapter", "t_mlp_adapter"}, {"exchange", "spatial.blocks"}, False, False),
+    "ensemble": ({"heads_t.verb", "heads.noun"}, {"exchange"}, True, True),  # every head on both experts
+    "late_add": ({"heads.verb"}, {"exchange", "fuse_s"}, True, True),  # fused heads mix them at the end
+    "late_concat": ({"heads.noun"}, {"exchange", "fuse_s"}, True, True),
+    "lateral": ({"exchange.t_to_s", "exchange.s_to_t"}, {"exchange.t2s"}, True, True),
+    "xattn_no_adapter": ({"exchange.t2s.attn"}, {"down_s", "up_s"}, True, True),
+    "xattn_then_adapter": ({"exchange.up_s.fc1", "exchange.up_t.fc2"}, {"down_s"}, True, True),
+    "s2t_only": ({"exchange.s2t"}, {"exchange.t2s", "up_s"}, True, False),  # only the temporal side hears
+    "t2s_only": ({"exchange.t2s"}, {"exchange.s2t", "up_t"}, False, True),
+    "no_bcast_pos": ({"exchange.t2s.attn"}, {"pos_q", "pos_kv"}, True, True),
+}
+
+
+@pytest.mark.parametrize("ablation", [None, *sorted(ABLATIONS)])
+def test_every_ablation_trains_what_it_should_and_exchanges_what_it_should(ablation):
+    assert set(ABLATION_BEHAVIOUR) == {None, *ABLATIONS}  # a new ablation needs its row here
+    must, never, verb_to_spatial, noun_to_temporal = ABLATION_BEHAVIOUR[ablation]
     torch.manual_seed(0)
-    model = CAST(preset_config("cast_tiny", ablation=ablation))
+    model = CAST(preset_config("cast_tiny", ablation=ablation)).train()
     randomize_trainable(model)
+    trainable = {n for n, _ in model.trainable_parameters()}
+    assert all(any(m in n for n in trainable) for m in must), must
+    assert not any(m in n for n in trainable for m in never), never
     out = model(clip(model))
     assert out["verb"].shape == (2, 8) and out["noun"].shape == (2, 10)
     sum(v.sum() for v in out.values()).backward()
-    assert any(p.grad is not None for _, p in model.trainable_parameters())
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == (name in trainable), name  # frozen weights get no gradient at all
+    reached = _sides_reached(model)
+    assert reached["verb"] == {"temporal"} | ({"spatial"} if verb_to_spatial else set())
+    assert reached["noun"] == {"spatial"} | ({"temporal"} if noun_to_temporal else set())
 
 
 def test_ablation_structure():
@@ -235,30 +277,95 @@ def test_ablation_structure():
     assert base - trainable(ablation="no_bcast_pos") == 12 * (2 * 8 + 2 * 196) * 384
 
 
+def _probe(attn, q_pos: tuple[int, int], kv_pos: tuple[int, int]) -> float:
+    """How much query token (t, n) moves when key/value token (t', n') changes."""
+    torch.manual_seed(1)
+    dim = attn.attn.q.in_features
+    q, kv = torch.randn(1, 4, 16, dim), torch.randn(1, 4, 16, dim)  # cast_tiny: T = 4 steps of N = 16 patches
+    kv2 = kv.clone()
+    kv2[0, kv_pos[0], kv_pos[1]] += 5.0
+    with torch.no_grad():
+        return (attn(q, kv2) - attn(q, kv))[0, q_pos[0], q_pos[1]].abs().max().item()
+
+
 @pytest.mark.parametrize("window", ["time", "space", "spacetime"])
-def test_window_shapes_run(window):
+def test_window_shapes_of_the_built_model(window):
+    """The model's own cross-attentions of every block use the configured window, in both directions:
+    another time at the same place is inside a time or space-time window, another place at the same time
+    inside a space or space-time window; position tables follow the window."""
     model = tiny(t2s_window=window, s2t_window=window)
+    for block in model.blocks:
+        for attn in (block.exchange.t2s, block.exchange.s2t):
+            assert attn.window == window
+            assert (attn.pos_q_time is not None) == (window != "space")
+            assert (attn.pos_kv_space is not None) == (window != "time")
+    for attn in (model.blocks[0].exchange.t2s, model.blocks[-1].exchange.s2t):
+        other_time, other_place = _probe(attn, (1, 2), (3, 2)), _probe(attn, (1, 2), (1, 7))
+        assert (other_time > 1e-4) == (window != "space") and (other_time == 0.0) == (window == "space")
+        assert (other_place > 1e-4) == (window != "time") and (other_place == 0.0) == (window == "time")
+        assert (_probe(attn, (1, 2), (3, 7)) > 1e-4) == (window == "spacetime")
+
+
+def _sees_even_frames(expert) -> bool:
+    video = torch.randn(1, 3, 8, 32, 32)
+    changed = video.clone()
+    changed[:, :, 0::2] += 1.0  # frames 0, 2, 4, 6
+    with torch.no_grad():
+        return (expert.embed(video) - expert.embed(changed)).abs().max().item() > 0
+
+
+@pytest.mark.parametrize("arches", [("clip", "videomae"), ("videomae", "clip"), ("clip", "clip"),
+                                    ("videomae", "videomae")])
+def test_roles_can_be_swapped(arches):
+    """Table 1(h): an expert is its architecture wherever it sits: CLIP takes one frame in two with a class
+    token, VideoMAE takes 2-frame tubes without one; the heads read the class token or the mean tokens."""
+    model = tiny(**{"spatial.arch": arches[0], "temporal.arch": arches[1]})
     randomize_trainable(model)
-    assert model(clip(model))["verb"].shape == (2, 8)
+    for expert, arch in zip((model.spatial, model.temporal), arches, strict=True):
+        assert _sees_even_frames(expert) == (arch == "videomae")
+        assert expert.num_prefix == (arch == "clip")
+    with torch.no_grad():
+        xs, xt = model.forward_features(clip(model))
+        out = model(clip(model))
+    assert xs.shape == (2, 4, 16 + (arches[0] == "clip"), 64) and xt.shape == (2, 4, 16 + (arches[1] == "clip"), 64)
+    assert out["verb"].shape == (2, 8) and out["noun"].shape == (2, 10)
 
 
-def test_roles_can_be_swapped_and_widths_differ():
-    for arches in [("videomae", "clip"), ("clip", "clip"), ("videomae", "videomae")]:
-        model = tiny(**{"spatial.arch": arches[0], "temporal.arch": arches[1]})
-        randomize_trainable(model)
-        assert model(clip(model))["noun"].shape == (2, 10)
+def test_experts_of_different_widths_exchange_and_fuse():
     model = tiny(**{"temporal.width": 96, "temporal.heads": 6})
+    ex = model.blocks[0].exchange
+    widths = (ex.down_s.in_features, ex.down_t.in_features, ex.up_s.out_features, ex.up_t.out_features)
+    assert widths == (64, 96, 64, 96)
+    assert ex.down_s.out_features == ex.down_t.out_features == 32  # bottleneck: 1/2 of the narrower expert
     randomize_trainable(model)
-    out = model(clip(model))
-    assert out["verb"].shape == (2, 8)
+    video = clip(model)
+    with torch.no_grad():
+        xs, xt = model.forward_features(video)
+        alone = model.temporal.forward_tokens(video, joint_time=True)[-1]
+    assert xs.shape == (2, 4, 17, 64) and xt.shape == (2, 4, 16, 96)
+    assert (xt - alone).abs().max() > 1e-3  # the wide expert really hears the narrow one
     fused = CAST(preset_config("cast_tiny", {"temporal.width": 96, "temporal.heads": 6,
                                              "heads": [{"name": "action", "num_classes": 5}]}))
+    assert (fused.fuse_s.fc2.out_features, fused.fuse_t.fc2.out_features) == (64, 64)  # both to the spatial width
     assert fused(clip(fused))["action"].shape == (2, 5)  # a single head is keyed by its name too
 
 
 def test_other_sizes_and_frame_counts():
+    """48 x 48 pixels and 12 frames: 6 x 6 patches, 6 steps, every position table sized to match, and the
+    untrained CAST still equals its frozen experts."""
     model = tiny(img_size=48, num_frames=12)
-    assert model(clip(model, 1))["verb"].shape == (1, 8)
+    video = clip(model, 1)
+    assert model.spatial.pos_embed.shape == (37, 64) and model.temporal.pos_embed.shape == (6 * 36, 64)
+    t2s = model.blocks[0].exchange.t2s
+    assert t2s.pos_q_time.shape == (6, 1, 32) and model.blocks[0].exchange.s2t.pos_q_space.shape == (36, 32)
+    with torch.no_grad():
+        xs, xt = model.forward_features(video)
+        ref_s = model.spatial.forward_tokens(video, joint_time=False)[-1]
+        ref_t = model.temporal.forward_tokens(video, joint_time=True)[-1]
+    assert xs.shape == (1, 6, 37, 64) and xt.shape == (1, 6, 36, 64)
+    torch.testing.assert_close(xs, ref_s, rtol=0, atol=1e-6)
+    torch.testing.assert_close(xt, ref_t, rtol=0, atol=1e-6)
+    assert model(video)["verb"].shape == (1, 8)
     with pytest.raises(ValueError, match="divisible"):
         tiny(img_size=30)
     with pytest.raises(ValueError, match="even number"):
