@@ -139,7 +139,17 @@ def test_benchmark_command_reports_every_figure(capsys):
     assert row["gmacs_per_view"] == pytest.approx(count_gmacs(cfg), abs=1e-4)
     assert row["gflops_per_step"] == pytest.approx(count_step_gflops(cfg, "train", 2), abs=1e-3)
     assert row["cpu_busy"] > 0
-    assert row["peak_memory_gb"] > 0 and row["mfu"] is None and row["peak_tflops"] is None  # no GPU here
+    assert row["peak_memory_gb"] > 0
+    # MFU needs the device's peak: known for listed GPUs (the benchmark runs on CUDA when there is one),
+    # unknown on a CPU, where there is no MFU rather than a made-up one
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    peak = bf16_peak_tflops(gpu) if gpu else None
+    assert gpu is None or row["device"] == gpu
+    assert row["peak_tflops"] == peak
+    if peak is None:
+        assert row["mfu"] is None
+    else:
+        assert row["mfu"] == pytest.approx(row["gflops_per_step"] / (row["ms_per_step"] * peak), rel=0.02, abs=1e-4)
     # With a stated peak, MFU is the step's model FLOPs over time over that peak.
     assert main(["benchmark", "cast_tiny", "--steps", "1", "--warmup", "0", "--peak-tflops", "0.001",
                  "--json"]) == 0
