@@ -146,9 +146,21 @@ def test_tiny_demo_runs_end_to_end_and_resumes(tmp_path):
     saved = json.loads((run / "results.json").read_text())
     assert saved["seed"] == 0
     assert [m["method"] for m in saved["methods"]] == ["independent_adapters", "late_concat", "cast"]
+    # No accuracy bound: this run trains for seconds and stays at chance (measured on seeds 0, 1, 2: verb
+    # 12.5 % = 1/8, noun 0-25 % around 1/10; still with 1024 stills x 3 epochs the spatial expert is at 9 %).
+    # That the demo learns is the full demo's result (docs/DEMO.md); here the report must be what each
+    # model measured on the test split.
+    num_test = cfg.clips["test"]
     for m in saved["methods"]:
         t = m["test"]
-        assert all(0.0 <= t[k] <= 1.0 for k in ("verb", "noun", "action", "harmonic_mean"))
+        measured = json.loads((run / "models" / m["method"] / "metrics.json").read_text())["test"]
+        assert measured["num_videos"] == num_test
+        for key in ("verb", "noun", "action"):
+            assert t[key] == pytest.approx(measured[f"{key}/top1"] / 100)
+            assert (t[key] * num_test) == pytest.approx(round(t[key] * num_test))  # a count of test clips
+        assert t["harmonic_mean"] == pytest.approx(measured["harmonic_mean"] / 100, abs=1e-9)
+        if min(t["verb"], t["noun"]) > 0:
+            assert t["harmonic_mean"] == pytest.approx(2 / (1 / t["verb"] + 1 / t["noun"]))
         assert t["action"] <= min(t["verb"], t["noun"])
     for name in ("results.png", "results.md", "log.txt", "experts/spatial.safetensors",
                  "experts/temporal/expert.safetensors", "models/cast/checkpoints/last.pt",
