@@ -101,6 +101,7 @@ def test_the_adamw_step_moves_each_parameter_by_its_own_rate():
         expected = before[name] * (1 - lr * wd) - lr * (1 / (1 + 1e-8))
         torch.testing.assert_close(p.detach(), expected, rtol=0, atol=1e-7, msg=name)
     assert optimizer.defaults["betas"] == (0.9, 0.999)
+    assert build_optimizer(model, OptimConfig(betas=(0.8, 0.95))).defaults["betas"] == (0.8, 0.95)
 
 
 def test_param_groups_split_by_layer_and_decay():
@@ -126,3 +127,4 @@ def test_warmup_cosine_schedule_by_hand():
     assert lr_at(500, 110, 10, peak, floor, start) == pytest.approx(floor)  # past the end: stays at the floor
     assert lr_at(0, 100, 0, peak, floor, start) == pytest.approx(peak)  # no warm-up: the peak at once
     assert lr_at(7, 7, 7, peak, floor, start) == pytest.approx(peak)  # all warm-up: no division by zero
+    assert lr_at(11, 11, 10, peak, floor, start) == pytest.approx(floor)  # a one-step cosine ends at the floor
