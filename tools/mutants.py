@@ -51,7 +51,11 @@ def source_file(name: str) -> Path:
 def changed_files(base: str) -> list[Path]:
     """Python files of the package changed since the merge base with `base`, committed or not."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+        run = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        if run.returncode:
+            raise SystemExit(f"mutants: `git {' '.join(args)}` failed: {run.stderr.strip()}; name the files "
+                             "with FILES=... or the branch to compare with with BASE=...")
+        return run.stdout
 
     merge_base = git("merge-base", base, "HEAD").strip()
     names = git("diff", "--name-only", merge_base).split() + git("ls-files", "--others", "--exclude-standard").split()
