@@ -29,13 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path("src/cast_video")
 WORK = ROOT / ".mutants"
 
-# The fast tests that pin each module (seconds, not minutes). A module not listed gets the test files
-# that import it by name; TESTS= overrides both.
-FAST_TESTS = {
-    "engine/metrics.py": ["tests/test_metrics.py"],
-    "engine/optim.py": ["tests/test_optim.py"],
-    "data/sampling.py": ["tests/test_data_sampling.py"],
-    "data/augment.py": ["tests/test_data_augment.py"],
+# The fast tests that pin a module where the naming rule of `fast_tests` does not find them; TESTS= overrides.
+FAST_TESTS: dict[str, list[str]] = {
+    "engine/config.py": ["tests/test_configs.py"],
 }
 
 
@@ -64,9 +60,16 @@ def changed_files(base: str) -> list[Path]:
 
 
 def fast_tests(path: Path) -> list[str]:
-    relative = path.relative_to(PACKAGE).as_posix()
-    if relative in FAST_TESTS:
-        return FAST_TESTS[relative]
+    """The listed tests, else the test file named after the module (tests/test_data_sampling.py,
+    test_metrics.py, test_engine.py, test_model.py for models/), else the test files importing it by name."""
+    relative = path.relative_to(PACKAGE)
+    if relative.as_posix() in FAST_TESTS:
+        return FAST_TESTS[relative.as_posix()]
+    folder, stem = relative.parent.name, relative.stem
+    names = [f"test_{folder}_{stem}.py", f"test_{stem}.py", f"test_{folder}.py", f"test_{folder.removesuffix('s')}.py"]
+    for name in names if folder else names[1:2]:
+        if (ROOT / "tests" / name).is_file():
+            return [f"tests/{name}"]
     module = ".".join(path.with_suffix("").parts[1:])  # cast_video.engine.metrics
     pattern = re.compile(rf"\b{re.escape(module)}\b")
     return sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests").glob("test_*.py")
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", help="files under src/cast_video (default: changed since --base)")
     parser.add_argument("--base", default="main", help="branch to diff against (default: main)")
-    parser.add_argument("--tests", nargs="*", default=None, help="test files to run (default: the fast tests)")
+    parser.add_argument("--tests", nargs="*", default=None, help="test files to run (default: each file's fast tests)")
     parser.add_argument("--max-children", type=int, default=None, help="parallel mutants (default: CPU count)")
     args = parser.parse_args(argv)
     files = [source_file(f) for f in args.files] if args.files else changed_files(args.base)
