@@ -85,8 +85,9 @@ def test_joint_topk_equals_a_brute_force_ranking_and_never_exceeds_official(k):
 def test_action_top1_per_video_and_ties_and_mismatched_lengths():
     verb = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]])
     noun = np.array([[0.1, 0.9], [0.8, 0.2], [0.6, 0.4]])
-    # argmaxes (0, 1), (2, 0), (1, 0): the first two right, the third's verb wrong
-    assert action_accuracy(verb, noun, np.array([0, 2, 0]), np.array([1, 0, 0])) == pytest.approx(200 / 3)
+    # argmaxes per video (0, 1), (2, 0), (1, 0); over the whole array they would be verb 0 and noun 1
+    assert action_accuracy(verb, noun, np.array([0, 2, 1]), np.array([1, 0, 0])) == 100.0
+    assert action_accuracy(verb, noun, np.array([0, 2, 1]), np.array([1, 0, 1])) == pytest.approx(200 / 3)
     # three pairs tie at 1/3: the true pair is among the two best (nothing scores higher)
     tie_v, tie_n = np.full((1, 3), 1 / 3), np.array([[1.0, 0.0]])
     assert action_accuracy(tie_v, tie_n, np.array([2]), np.array([0]), k=2) == 100.0
