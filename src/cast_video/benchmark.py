@@ -18,6 +18,7 @@ import dataclasses
 import gc
 import platform
 import resource
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
@@ -43,6 +44,7 @@ BF16_PEAK_TFLOPS = [
     ("A100", 312.0), ("L40S", 362.1), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0), ("4090", 165.2),
 ]
 MODES = ("infer", "train")
+RUNTIMES = ("torch", "onnxruntime")
 ATTENTIONS = ("sdpa", "math")
 
 
@@ -76,6 +78,8 @@ class BenchResult:
     peak_tflops: float | None
     torch_version: str
     precision_reason: str = ""
+    runtime: str = "torch"
+    export_seconds: float | None = None  # onnxruntime: the time to export the model first (not in ms/step)
 
 
 def bf16_peak_tflops(gpu_name: str) -> float | None:
@@ -224,13 +228,22 @@ def count_step_gflops(config: CASTConfig, mode: str, batch: int) -> float:
 def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: str = "auto", attention: str = "sdpa",
                   compile: bool = False, grad_checkpointing: bool = False, steps: int = 3, warmup: int = 1,
                   device: str = "auto", threads: int | None = None, peak_tflops: float | None = None,
-                  overrides: dict | None = None) -> BenchResult:
+                  overrides: dict | None = None, runtime: str = "torch") -> BenchResult:
     """Build `preset` (random weights: speed does not depend on their values) and measure it.
 
     `precision="auto"` resolves as training and predict resolve it (`cast_video.precision`); in bf16 the
     frozen experts are stored in bf16 (`CAST.cast_frozen_`), as predict and training store them.
+    `runtime="onnxruntime"`: export the model to ONNX first (`cast_video.deploy.export`, outside the
+    timing) and time onnxruntime's CPU session on the same input, through the same harness (fp32).
     """
     check_settings(mode, attention, steps, warmup, batch)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    on_cpu = device in ("auto", "cpu")
+    if runtime == "onnxruntime" and (mode != "infer" or precision not in ("auto", "fp32") or compile or not on_cpu):
+        raise ConfigError("--runtime onnxruntime measures fp32 inference (--mode infer) on the CPU, without --compile")
+    if runtime == "onnxruntime":
+        device, precision = "cpu", "fp32"
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -244,7 +257,11 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
     runner = torch.compile(model) if compile else model
     video = torch.randn(batch, 3, cfg.num_frames, cfg.img_size, cfg.img_size, device=dev)
     params = [p for _, p in model.trainable_parameters()]
-    m = measure(runner, video, mode, params, precision, attention, steps, warmup)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_seconds = None
+        if runtime == "onnxruntime":
+            runner, export_seconds = _onnx_runner(model, Path(tmp), threads)
+        m = measure(runner, video, mode, params, precision, attention, steps, warmup)
     gflops = count_step_gflops(cfg, mode, batch)
     peak_tflops = peak_tflops or device_peak_tflops(dev)
     mfu = gflops * 1e9 / (m.ms_per_step / 1000) / (peak_tflops * 1e12) if peak_tflops else None
@@ -252,5 +269,17 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
         preset, mode, batch, precision, attention, compile, grad_checkpointing, device_name(dev),
         torch.get_num_threads(), round(m.ms_per_step, 1), round(batch * 1000 / m.ms_per_step, 4),
         round(m.peak_memory_gb, 3), m.memory_kind, round(m.cpu_busy, 2), round(count_gmacs(cfg), 4), round(gflops, 3),
-        round(mfu, 4) if mfu is not None else None, peak_tflops, torch.__version__, reason,
+        round(mfu, 4) if mfu is not None else None, peak_tflops, torch.__version__, reason, runtime, export_seconds,
     )
+
+
+def _onnx_runner(model: CAST, folder: Path, threads: int | None) -> tuple[nn.Module, float]:
+    """The model exported to ONNX in `folder`, as an onnxruntime module, and the export's seconds."""
+    from .deploy.contract import Contract
+    from .deploy.export import export_onnx
+    from .deploy.runtime import OnnxModel
+
+    start = time.perf_counter()
+    export_onnx(model.eval(), Contract.of_model(model), folder / "model.onnx")
+    seconds = round(time.perf_counter() - start, 1)
+    return OnnxModel(folder / "model.onnx", threads or torch.get_num_threads()), seconds

@@ -14,7 +14,7 @@ import sys
 
 from .errors import CastVideoError
 
-COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark", "data"]
+COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark", "data", "export", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

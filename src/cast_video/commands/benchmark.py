@@ -28,6 +28,8 @@ def register(sub) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--peak-tflops", type=float, help="the device's bf16 peak for MFU, if it is not in the table")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: export to ONNX first (not timed), then time fp32 inference in onnxruntime")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.set_defaults(func=run)
 
@@ -36,13 +38,15 @@ def run(args) -> int:
     from ..benchmark import run_benchmark
 
     r = run_benchmark(args.preset, args.mode, args.batch, args.precision, args.attention, args.compile,
-                      args.grad_checkpointing, args.steps, args.warmup, args.device, args.threads, args.peak_tflops)
+                      args.grad_checkpointing, args.steps, args.warmup, args.device, args.threads, args.peak_tflops,
+                      runtime=args.runtime)
     if args.json:
         print(json.dumps(dataclasses.asdict(r)))
         return 0
     print(f"{r.preset} {r.mode}, batch {r.batch}, {r.precision}, attention {r.attention}"
           f"{', compiled' if r.compile else ''}{', grad checkpointing' if r.grad_checkpointing else ''}"
-          f" on {r.device} ({r.threads} threads), PyTorch {r.torch_version}")
+          f" on {r.device} ({r.threads} threads), PyTorch {r.torch_version}"
+          + (f", onnxruntime (exported in {r.export_seconds} s)" if r.runtime == "onnxruntime" else ""))
     print(f"  precision {r.precision}: {r.precision_reason}")
     print(f"  {r.ms_per_step:.1f} ms/step, {r.clips_per_s:.3f} clips/s")
     print(f"  peak memory {r.peak_memory_gb:.3f} GB ({r.memory_kind})")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from ..precision import PRECISIONS
-from ..weights import from_pretrained
 
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="predict the actions in a video, a folder of videos or a long video")
     p.add_argument("path", help="a video file or a folder of videos")
-    p.add_argument("--model", required=True, help="a directory written by save_pretrained / train (or a hub id)")
+    p.add_argument("--model", required=True, help="a directory written by save_pretrained / train, a hub id, or a "
+                   "file written by `cast-video export` (.onnx: onnxruntime, .pt2: torch.export)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--clips", type=int, default=2, help="temporal views")
     p.add_argument("--crops", type=int, default=3, choices=[1, 3], help="spatial views")
@@ -25,10 +25,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..engine.predict import Predictor, find_videos, load_class_names, summarize
+    from ..deploy.runtime import load_model
+    from ..engine.predict import Predictor, find_videos, summarize
 
-    model = from_pretrained(args.model)
-    predictor = Predictor(model, load_class_names(args.model), args.clips, args.crops, args.device, args.precision)
+    model, contract = load_model(args.model)
+    predictor = Predictor(model, contract.class_names, args.clips, args.crops, args.device, args.precision,
+                          contract=contract)
     results = []
     for video in find_videos(args.path):
         if args.window:

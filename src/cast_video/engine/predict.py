@@ -2,6 +2,10 @@
 
 A long video is decoded once: the frames of every window are gathered into one `read_frames` call,
 which seeks across the gaps, and the windows then go through the model in batches.
+
+The model is anything that maps a normalised clip batch to logits per head: a CAST, or an exported
+ONNX / pt2 model (`cast_video.deploy.runtime`). What the input must look like comes from a
+`Contract`, so every runtime goes through this one preprocessing and postprocessing.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from ..data import DataConfig, build_gpu_augment, read_frames, video_info
 from ..data.annotations import VIDEO_SUFFIXES
 from ..data.dataset import test_crops
 from ..data.sampling import segment_indices
+from ..deploy.contract import Contract
+from ..errors import ConfigError
 from ..models import CAST
 from ..precision import prepare
 from .loop import predict_views
@@ -32,19 +38,29 @@ def _top(probs: torch.Tensor, names: list[str] | None, k: int) -> list[dict]:
 
 
 class Predictor:
-    """Multi-view predictions of a CAST. `precision="auto"` picks bf16 where it is faster (see
-    `cast_video.precision`); in bf16 the model's frozen weights are stored in bf16 (`CAST.cast_frozen_`)."""
+    """Multi-view predictions of a CAST, or of an exported model with its `contract` (then the contract,
+    not a config, says what the input must be). `precision="auto"` picks bf16 where it is faster (see
+    `cast_video.precision`); in bf16 the model's frozen weights are stored in bf16 (`CAST.cast_frozen_`).
+    An exported model runs its fp32 graph."""
 
-    def __init__(self, model: CAST, class_names: dict[str, list[str]] | None = None, clips: int = 2, crops: int = 3,
-                 device: str = "cpu", precision: str = "auto", batch_size: int = 4):
-        cfg = model.config
+    def __init__(self, model: torch.nn.Module, class_names: dict[str, list[str]] | None = None, clips: int = 2,
+                 crops: int = 3, device: str = "cpu", precision: str = "auto", batch_size: int = 4,
+                 contract: Contract | None = None):
+        c = contract or Contract.of_model(model, class_names)
+        self.contract = c
         self.model = model.to(device).eval()
-        precision, self.precision_reason = prepare(self.model, precision, device)
-        self.names = class_names or {}
-        self.data = DataConfig(num_frames=cfg.num_frames, input_size=cfg.img_size, short_side=cfg.img_size,
-                               test_clips=clips, test_crops=crops, norm=cfg.input_norm)
-        self.heads = [h.name for h in cfg.heads]
-        self.augment = build_gpu_augment(self.data, {h.name: h.num_classes for h in cfg.heads}).to(device).eval()
+        if isinstance(model, CAST):
+            precision, self.precision_reason = prepare(self.model, precision, device)
+        elif precision in ("auto", "fp32"):
+            precision, self.precision_reason = "fp32", "an exported model runs its fp32 graph"
+        else:
+            raise ConfigError(f"precision {precision}: an exported model runs its fp32 graph (use auto or fp32)")
+        self.names = class_names or c.class_names
+        self.data = DataConfig(num_frames=c.num_frames, input_size=c.img_size, short_side=c.img_size,
+                               test_clips=clips, test_crops=crops, norm=c.input_norm, mean=tuple(c.mean),
+                               std=tuple(c.std))
+        self.heads = list(c.heads)
+        self.augment = build_gpu_augment(self.data, c.heads).to(device).eval()
         self.device, self.precision, self.batch_size = torch.device(device), precision, batch_size
         if self.device.type == "cuda":  # TF32 matmuls, as in training and evaluation
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -55,17 +71,24 @@ class Predictor:
                                self.heads) for i in range(0, len(views), self.batch_size)]
         return {t: torch.cat([p[t] for p in parts]) for t in self.heads}
 
-    def video(self, path: str | Path, topk: int = 5) -> dict:
-        """Multi-view prediction of one whole video: clips x crops views, probabilities averaged."""
+    def views(self, path: str | Path) -> torch.Tensor:
+        """The clips x crops uint8 views (V, 3, 2T, S, S) of one whole video."""
         length = video_info(path).num_frames
         cfg = self.data
         per_view = [segment_indices(length, cfg.num_frames, False, view=v, num_views=cfg.test_clips)[0]
                     for v in range(cfg.test_clips)]
         frames = read_frames(path, [i for idx in per_view for i in idx])  # (clips*2T, H, W, 3)
         frames = frames.view(cfg.test_clips, cfg.num_frames, *frames.shape[1:])  # (clips, 2T, H, W, 3)
-        views = torch.stack([c for v in range(cfg.test_clips)
-                             for c in test_crops(frames[v], cfg.short_side, cfg.input_size, cfg.test_crops)])
-        scores = self._scores(views[None])
+        return torch.stack([c for v in range(cfg.test_clips)
+                            for c in test_crops(frames[v], cfg.short_side, cfg.input_size, cfg.test_crops)])
+
+    def inputs(self, path: str | Path) -> torch.Tensor:
+        """The normalised model inputs (V, 3, 2T, S, S) float32 of one whole video, as the model sees them."""
+        return self.augment(self.views(path).to(self.device))[0]
+
+    def video(self, path: str | Path, topk: int = 5) -> dict:
+        """Multi-view prediction of one whole video: clips x crops views, probabilities averaged."""
+        scores = self._scores(self.views(path)[None])
         return {"video": str(path), **{t: _top(scores[t][0], self.names.get(t), topk) for t in self.heads}}
 
     def timeline(self, path: str | Path, window: float, stride: float, topk: int = 5) -> dict:
