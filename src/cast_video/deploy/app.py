@@ -128,7 +128,7 @@ def timeline_figure(result: dict, heads: list[str]):
             scores = [next((c["score"] for c in r[head] if c["name"] == name), float("nan")) for r in rows]
             ax.plot(centres, scores, marker="o", label=name)
         ax.set_ylabel(f"{head} probability")
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.05)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     axes[-1, 0].set_xlabel("time (s, window centre)")
     fig.tight_layout()
@@ -194,7 +194,9 @@ def build_app(source: str | Path, cfg: ServeConfig | None = None, examples: list
                 labels = [gr.Label(label=h, num_top_classes=cfg.topk, elem_id=f"head-{h}") for h in heads]
                 plot = gr.Plot(label="timeline", visible=False)
                 explain = [gr.Plot(label="cross-attention")] if service.explainer else []
-                raw = gr.JSON(label="JSON (as cast-video predict --json)")
+                with gr.Accordion("JSON (what the `predict` API endpoint and cast-video predict --json return)",
+                                  open=False):
+                    raw = gr.JSON(show_label=False)
         button.click(analyse, video, [message, *labels, plot, *explain, raw], api_visibility="private")
         api_input = gr.File(visible=False)
         api_output = gr.JSON(visible=False)
