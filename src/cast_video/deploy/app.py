@@ -114,14 +114,12 @@ def _explainer(model):
 def timeline_figure(result: dict, heads: list[str]):
     """One panel per head: the probability over time of every class that is top-1 in some window
     (gaps where it falls out of the window's top-k)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no global registry of figures to leak into
 
     rows = result["timeline"]
     centres = [(r["start_s"] + r["end_s"]) / 2 for r in rows]
-    fig, axes = plt.subplots(len(heads), 1, figsize=(8, 2.4 * len(heads)), squeeze=False, sharex=True)
+    fig = Figure(figsize=(8, 2.4 * len(heads)))
+    axes = fig.subplots(len(heads), 1, squeeze=False, sharex=True)
     for ax, head in zip(axes[:, 0], heads, strict=True):
         leaders = list(dict.fromkeys(r[head][0]["name"] for r in rows))
         for name in leaders:
@@ -148,20 +146,17 @@ def build_app(source: str | Path, cfg: ServeConfig | None = None, examples: list
     service = service or Service(source, cfg, [Path(p) for p in examples] if examples is not None else None)
     heads = service.heads
 
+    def work(path):
+        result, timeline = service.predict(path), service.timeline(path)
+        figure = timeline_figure(timeline, heads) if timeline else None
+        explained = [service.explainer(service.predictor.model, path)] if service.explainer else []
+        return result, timeline, figure, explained
+
     def analyse(path):
         try:
-            result = service.predict(path)
-            timeline = service.timeline(path)
-            figure = timeline_figure(timeline, heads) if timeline else None
-            explained = [service.explainer(service.predictor.model, path)] if service.explainer else []
-        except CastVideoError as err:
-            return _failure(_public(err, path), heads, service.explainer)
-        except Exception as err:  # a decoder or runtime failure on a hostile file: say so, keep serving
-            log.exception("prediction failed on %s", path)
-            return _failure(f"{Path(path).name}: could not process this video ({type(err).__name__}: {err})",
-                            heads, service.explainer)
-        finally:
-            service.discard(path)
+            result, timeline, figure, explained = _guarded(service, path, work)
+        except DataError as err:
+            return _failure(str(err), heads, service.explainer)
         message = f"**{result['video']}**" + (f": timeline of {len(timeline['timeline'])} windows of "
                                               f"{cfg.window:g} s below" if timeline else "")
         return (message, *[_labels(result, h) for h in heads], gr.update(value=figure, visible=figure is not None),
@@ -169,14 +164,9 @@ def build_app(source: str | Path, cfg: ServeConfig | None = None, examples: list
 
     def predict_api(path):
         try:
-            return service.predict(path)
-        except CastVideoError as err:
-            raise gr.Error(_public(err, path)) from err
-        except Exception as err:
-            log.exception("prediction failed on %s", path)
-            raise gr.Error(f"{Path(path).name}: could not process this video ({type(err).__name__})") from err
-        finally:
-            service.discard(path)
+            return _guarded(service, path, service.predict)
+        except DataError as err:
+            raise gr.Error(str(err)) from err
 
     with gr.Blocks(title="cast-video", analytics_enabled=False, delete_cache=(600, 1800)) as app:
         gr.Markdown(f"## cast-video\nAction recognition with CAST: `{Path(str(source)).name}`, heads "
@@ -204,6 +194,22 @@ def build_app(source: str | Path, cfg: ServeConfig | None = None, examples: list
     app.queue(default_concurrency_limit=1)  # one video at a time: the CPU is the limit
     app.cast_service = service
     return app
+
+
+def _guarded(service: Service, path: str | None, fn):
+    """`fn(path)`, any failure turned into a DataError naming the file (never the server's path), and
+    the upload deleted afterwards, whatever happened. A failure other than ours (a decoder or runtime
+    error on a hostile file) is logged with its traceback; the server keeps serving."""
+    try:
+        return fn(path)
+    except CastVideoError as err:
+        raise DataError(_public(err, path)) from err
+    except Exception as err:
+        log.exception("prediction failed on %s", path)
+        raise DataError(f"{Path(path).name}: could not process this video ({type(err).__name__}: "
+                        f"{_public(err, path)})") from err
+    finally:
+        service.discard(path)
 
 
 def _public(err: Exception, path: str | None) -> str:
