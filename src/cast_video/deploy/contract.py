@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from ..errors import WeightsError
-from ..models.experts import PIXEL_STATS
+from ..normalization import PIXEL_STATS
 
 CONTRACT_KEY = "cast_video.contract"  # ONNX metadata key and pt2 extra file stem
 INPUT_NAME = "video"

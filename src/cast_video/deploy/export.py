@@ -117,7 +117,7 @@ def check_export(model: nn.Module, path: Path, video: str | Path) -> dict[str, f
     from ..engine.predict import Predictor
 
     exported, contract = load_exported(path)
-    inputs = Predictor(model, contract=contract).inputs(video)  # (V, 3, 2T, S, S)
+    inputs = Predictor(model, precision="fp32", contract=contract).inputs(video)  # (V, 3, 2T, S, S)
     diffs = {h: 0.0 for h in contract.heads}
     with torch.no_grad():
         for x in (inputs[:1], inputs):

@@ -132,7 +132,7 @@ def load_model(source: str | Path) -> tuple[nn.Module, Contract]:
     if Path(source).suffix in EXPORTED_SUFFIXES:
         return load_exported(source)
     from ..engine.predict import load_class_names
-    from ..models import CAST
+    from ..weights import from_pretrained
 
-    model = CAST.from_pretrained(source)
+    model = from_pretrained(source)
     return model, Contract.of_model(model, load_class_names(source) if Path(source).is_dir() else {})
