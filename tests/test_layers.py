@@ -13,14 +13,14 @@ import cast_video
 PACKAGE = Path(cast_video.__file__).parent
 
 # A part may import parts of a lower layer, and itself. Parts of one layer do not import each other,
-# except in the application layer, whose parts (training engine, pre-training, demo, benchmark) build
+# except in the application layer, whose parts (training engine, pre-training, demo, benchmark, deploy) build
 # on one another.
 LAYERS = {
     "errors": 0,
     "files": 1, "config_utils": 1, "normalization": 1, "seeds": 1,
     "models": 2, "data": 2,
     "weights": 3, "precision": 3,
-    "engine": 4, "pretrain": 4, "demo": 4, "benchmark": 4,
+    "engine": 4, "pretrain": 4, "demo": 4, "benchmark": 4, "deploy": 4,
     "commands": 5,
     "cli": 6,
     "__main__": 7, "__init__": 7,

@@ -41,9 +41,7 @@ class HeadOutputs(nn.Module):
         self.model, self.heads = model, heads
 
     def forward(self, video: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from ..engine.loop import as_dict
-
-        out = as_dict(self.model(video), self.heads)
+        out = self.model(video)  # {head: logits}, single-head models too
         return tuple(out[h] for h in self.heads)
 
 
