@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..normalization import PIXEL_STATS
-from .bcast import CrossExchange, LateralExchange
+from .bcast import BCASTConfig, LateralExchange, build_cross_exchange
 from .experts import ExpertBlock, ExpertConfig, ViTExpert
 from .layers import Adapter, DropPath, trunc_normal_init, zero_init
 
@@ -143,6 +143,16 @@ class CASTConfig:
     def exchanges_at(self, layer: int) -> bool:
         return self.exchange != "none" and (self.bcast_layers is None or layer in self.bcast_layers)
 
+    def bcast_config(self, num_steps: int, num_patches: int) -> BCASTConfig:
+        """What a cross exchange ("bcast", "xattn", "xattn_adapter") of one block is built from."""
+        return BCASTConfig(
+            dim_s=self.spatial.width, dim_t=self.temporal.width, num_steps=num_steps, num_patches=num_patches,
+            dim=self.bottleneck_dim, heads=self.bcast_heads or self.spatial.heads,
+            prefix_s=self.spatial.num_prefix, prefix_t=self.temporal.num_prefix,
+            t2s=self.t2s, s2t=self.s2t, t2s_window=self.t2s_window, s2t_window=self.s2t_window,
+            pos_embed=self.bcast_pos_embed, variant=self.exchange,
+        )
+
 
 class CASTBlock(nn.Module):
     """The trainable part of one block: four adapters and the exchange. The frozen expert blocks are
@@ -161,12 +171,7 @@ class CASTBlock(nn.Module):
         elif cfg.exchange == "lateral":
             self.exchange = LateralExchange(dim_s=ds, dim_t=dt, **prefixes)
         else:
-            self.exchange = CrossExchange(
-                dim_s=ds, dim_t=dt, **prefixes, num_steps=num_steps, num_patches=num_patches,
-                dim=cfg.bottleneck_dim, heads=cfg.bcast_heads or cfg.spatial.heads, t2s=cfg.t2s, s2t=cfg.s2t,
-                t2s_window=cfg.t2s_window, s2t_window=cfg.s2t_window, pos_embed=cfg.bcast_pos_embed,
-                bottleneck=cfg.exchange == "bcast", post_adapter=cfg.exchange == "xattn_adapter",
-            )
+            self.exchange = build_cross_exchange(cfg.bcast_config(num_steps, num_patches))
         self.drop_path = DropPath(drop_path)
 
     def init_weights(self) -> None:
