@@ -119,9 +119,8 @@ class WindowCrossAttention(nn.Module):
         """The softmax(q k^T / sqrt(d)) that `forward` applies, recomputed from the same projections
         (float32). Layout by window (see `_GROUP`): time (B, H, N, T, T), space (B, H, T, N, N),
         spacetime (B, H, T*N, T*N); each row sums to 1 over the last (key) axis."""
-        b, t = q.shape[:2]
         probs = self.attn.attention_probs(*self._grouped(q, kv))  # (groups, H, Lq, Lk)
-        return rearrange(probs, _GROUP[self.window][2], b=b, t=t)
+        return rearrange(probs, _GROUP[self.window][2], b=q.shape[0])
 
 
 class CrossExchange(nn.Module, ABC):
