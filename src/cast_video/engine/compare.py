@@ -289,9 +289,13 @@ def compare(a: EvalRun, b: EvalRun, out: str | Path, groups: dict | None = None,
         if (groups or {}).get(task):
             written += group_chart(a, b, task, groups[task], out)
     if across:  # several evaluations per model: each folder's headline top-1
-        table = {m: {r.label: main_top1(r) for r in runs} for m, runs in across.items()}
-        if len({tuple(v) for v in table.values()}) > 1:
-            raise DataError("--hm: every model needs the same evaluation folder names, in the same order")
+        if len({len(runs) for runs in across.values()}) > 1:
+            raise DataError("--hm: every model needs the same number of evaluation folders, in the same order")
+        labels = [{runs[i].label for runs in across.values()} for i in range(len(next(iter(across.values()))))]
+        columns = [next(iter(s)) if len(s) == 1 else f"eval {i + 1}" for i, s in enumerate(labels)]
+        if len(set(columns)) < len(columns):
+            columns = [f"eval {i + 1}" for i in range(len(columns))]
+        table = {m: dict(zip(columns, map(main_top1, runs), strict=True)) for m, runs in across.items()}
         written += harmonic_chart(table, "top-1 per evaluation and their harmonic mean", out)
     elif len(a.scores) > 1:  # one evaluation with several tasks (EK100's verb and noun)
         table = {r.label: {t: top1(r, t) for t in r.scores} for r in (a, b)}
