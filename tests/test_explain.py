@@ -143,6 +143,9 @@ def test_features_reproduce_the_logits_through_the_heads_and_resume(tiny_dir, sm
     again, meta = load_features(out)
     assert json.loads(meta["rows"]) == [videos[0], videos[1]]
     assert torch.equal(again["spatial"][0], tensors["spatial"][0])
+    assert json.loads(meta["failed"])[0]["item"] == str(bad)  # tried again, still broken, still reported once
+    assert len(json.loads(meta["failed"])) == 1
+    assert main(args + ["--clips", "1"]) == 2  # other views would mix rows of two kinds
     # deterministic: the same video from scratch gives the same row
     fresh = tmp_path / "g.npz"
     assert main(["features", videos[1], "--model", str(tiny_dir), "--out", str(fresh), "--no-progress"]) == 0

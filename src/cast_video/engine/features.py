@@ -86,6 +86,12 @@ def _annotated(path: Path) -> list[tuple[str, int, int | None]]:
     return out
 
 
+def _row_options(options: FeatureOptions) -> str:
+    """The options that decide what a row is (not how fast it is computed), as stored in the files."""
+    o = dataclasses.asdict(options)
+    return json.dumps({k: o[k] for k in ("clips", "crops", "per_clip", "window", "stride")})
+
+
 def item_key(item: tuple[str, int, int | None]) -> str:
     path, start, length = item
     return path if length is None and start == 0 else f"{path}[{start}:{start + (length or 0)}]"
@@ -178,14 +184,17 @@ def _read_parts(folder: Path) -> tuple[list[str], list[str], dict[str, torch.Ten
     return keys, owners, {r: torch.cat(v) for r, v in tensors.items() if v}, failed
 
 
-def _done_items(out: Path) -> set[str]:
-    """Inputs already finished (or reported bad) in OUT or in its parts folder."""
+def _done_items(out: Path, options: FeatureOptions) -> set[str]:
+    """Inputs already finished in OUT or in its parts folder (videos that failed are tried again)."""
     done = set()
     sources = [load_features(out)[1]] if out.exists() else []
     sources += [load_features(p)[1] for p in sorted(_parts_dir(out).glob("part-*.safetensors"))]
+    mine = _row_options(options)
     for meta in sources:
+        if meta.get("options") != mine:
+            raise ConfigError(f"{out}: earlier rows were made with other options ({meta.get('options')}); "
+                              "use another --out or the same options")
         done |= set(json.loads(meta.get("items", "[]")))
-        done |= {f["item"] for f in json.loads(meta.get("failed", "[]"))}
     return done
 
 
@@ -194,8 +203,9 @@ def _parts_dir(out: Path) -> Path:
 
 
 class _PartWriter:
-    def __init__(self, folder: Path, rank: int, flush_every: int):
-        self.folder, self.rank, self.flush_every = folder, rank, flush_every
+    def __init__(self, folder: Path, rank: int, options: FeatureOptions):
+        self.folder, self.rank, self.flush_every = folder, rank, options.flush_every
+        self.options = _row_options(options)
         folder.mkdir(parents=True, exist_ok=True)
         self.count = len(list(folder.glob(f"part-{rank:03d}-*.safetensors")))
         self.reset()
@@ -220,7 +230,7 @@ class _PartWriter:
             return
         tensors = {r: torch.cat(v) for r, v in self.tensors.items() if v}
         meta = {"items": json.dumps(self.items), "rows": json.dumps(self.rows), "row_items": json.dumps(self.owners),
-                "failed": json.dumps(self.failed)}
+                "failed": json.dumps(self.failed), "options": self.options}
         _save(self.folder / f"part-{self.rank:03d}-{self.count:05d}.safetensors", tensors, meta)
         self.count += 1
         self.reset()
@@ -234,10 +244,10 @@ def extract_features(model: CAST, inputs: list[str], out: str | Path, options: F
     if out.suffix not in (".safetensors", ".npz"):
         raise ConfigError(f"--out {out}: the features file must end in .safetensors or .npz")
     items = collect_inputs(inputs)
-    done = _done_items(out)
+    done = _done_items(out, options)
     todo = [it for i, it in enumerate(items) if i % info.world == info.rank and item_key(it) not in done]
     extractor = FeatureExtractor(model, options, device)
-    writer = _PartWriter(_parts_dir(out), info.rank, options.flush_every)
+    writer = _PartWriter(_parts_dir(out), info.rank, options)
     for item in tqdm(todo, desc="features", disable=not (progress and info.main), dynamic_ncols=True):
         try:
             keys, emb = extractor.rows(item)
@@ -259,7 +269,8 @@ def _assemble(out: Path, items: list, model: CAST, options: FeatureOptions, clas
     if out.exists():  # a finished earlier run: its rows stay, new ones are added
         old, meta = load_features(out)
         keys, owners = json.loads(meta["rows"]) + keys, json.loads(meta["row_items"]) + owners
-        failed = json.loads(meta["failed"]) + failed
+        tried = set(owners) | {f["item"] for f in failed}
+        failed = [f for f in json.loads(meta["failed"]) if f["item"] not in tried] + failed
         tensors = {r: torch.cat([old[r], tensors[r]]) if r in tensors else old[r] for r in old}
     order = {item_key(it): i for i, it in enumerate(items)}
     perm = sorted(range(len(keys)), key=lambda i: (order.get(owners[i], len(order)), i))  # input order
@@ -268,7 +279,7 @@ def _assemble(out: Path, items: list, model: CAST, options: FeatureOptions, clas
     meta = {"rows": json.dumps(keys), "row_items": json.dumps(owners), "items": json.dumps(sorted(set(owners))),
             "failed": json.dumps(failed),
             "class_names": json.dumps(class_names or {}), "config": json.dumps(dataclasses.asdict(model.config)),
-            "options": json.dumps(dataclasses.asdict(options))}
+            "options": _row_options(options)}
     if keys:
         _save(out, tensors, meta)
     shutil.rmtree(_parts_dir(out), ignore_errors=True)
