@@ -198,3 +198,20 @@ def test_features_under_torchrun_match_one_process(tiny_dir, small_videos, skvid
     assert json.loads(meta_b["rows"]) == json.loads(meta_a["rows"]) == videos
     for role in a:
         torch.testing.assert_close(b[role], a[role], rtol=1e-5, atol=1e-6)
+
+
+def test_default_query_is_the_most_relevant_token():
+    from cast_video.engine.explain import Explanation
+    from cast_video.engine.explain_page import default_query
+
+    cam = torch.zeros(4, 16)
+    cam[2, 9] = 1.0
+    other = torch.zeros(4, 16)
+    other[1, 3] = 0.5  # its own maximum: scaled to 1
+    other[2, 9] = 0.4
+    exp = Explanation(video="v", frames=torch.zeros(4, 32, 32, 3, dtype=torch.uint8), mapping={}, top={},
+                      windows={}, maps={}, relevance={"verb": {"spatial": cam, "temporal": other}}, targets={},
+                      grid=4)
+    assert default_query(exp) == (2, 9)  # 1 + 0.8 beats 1.0 at (1, 3)
+    exp.relevance = {"verb": {"spatial": torch.zeros(4, 16)}}
+    assert default_query(exp) == (2, 10)  # no evidence anywhere: the centre patch of the middle step

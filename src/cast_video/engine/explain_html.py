@@ -28,7 +28,7 @@ table{border-collapse:collapse;font-size:12px;margin-right:18px} td,th{padding:2
 const D = /*DATA*/null;
 const $ = id => document.getElementById(id);
 const N = D.grid * D.grid, T = D.steps;
-let query = {t: Math.floor(T / 2), q: Math.floor(D.grid / 2) * D.grid + Math.floor(D.grid / 2)};
+let query = {t: D.query[0], q: D.query[1]};  // the most relevant token (Grad-CAM) to start with
 const imgs = D.frames.map(b => { const i = new Image(); i.src = "data:image/png;base64," + b; return i; });
 const bytes = {};
 function mapBytes(layer, dir) {

@@ -45,6 +45,20 @@ def received(attn: torch.Tensor, window: str, steps: int) -> torch.Tensor:
     return mean.mean(0).view(steps, -1)
 
 
+def default_query(exp: Explanation) -> tuple[int, int]:
+    """(step, patch) with the highest Grad-CAM relevance, each head's and expert's map scaled to max 1 and
+    summed: where the evidence is, so the attention shown first is that of a token that matters."""
+    steps, n = exp.frames.shape[0], exp.grid**2
+    total = torch.zeros(steps, n)
+    for experts in exp.relevance.values():
+        for cam in experts.values():
+            total += cam / cam.max().clamp_min(1e-12)
+    if not total.any():
+        return steps // 2, (exp.grid // 2) * exp.grid + exp.grid // 2  # the centre patch of the middle step
+    best = int(total.argmax())
+    return best // n, best % n
+
+
 def _colour(heat: np.ndarray) -> np.ndarray:
     from matplotlib import colormaps
 
@@ -93,7 +107,7 @@ def _save_grid(path: Path, image: np.ndarray, title: str, row_labels: list[str],
     ax.tick_params(length=0)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
@@ -104,9 +118,9 @@ def _frame_labels(exp: Explanation) -> list[str]:
 
 def attention_grids(exp: Explanation, out: Path) -> list[Path]:
     """One PNG per layer and direction: rows are the heads and their mean, columns the frames; the query is
-    the centre patch of the middle step."""
+    `default_query`'s token."""
     frames, steps, g, scale = exp.frames.numpy(), exp.frames.shape[0], exp.grid, _scale(exp)
-    tq, q = steps // 2, (g // 2) * g + g // 2
+    tq, q = default_query(exp)
     written = []
     for layer, dirs in exp.maps.items():
         for direction, attn in dirs.items():
@@ -206,7 +220,7 @@ def page_data(exp: Explanation) -> dict:
     frames = [_png_b64(overlay(f, np.zeros((exp.grid, exp.grid)), scale, alpha=0.0)) for f in exp.frames.numpy()]
     return {
         "video": exp.video, "grid": exp.grid, "steps": exp.frames.shape[0], "heads": exp.heads, "frames": frames,
-        "frame_labels": _frame_labels(exp), "top": exp.top,
+        "frame_labels": _frame_labels(exp), "top": exp.top, "query": list(default_query(exp)),
         "maps": {str(layer): {d: _pack(m, exp.windows[d], exp.grid) for d, m in dirs.items()}
                  for layer, dirs in exp.maps.items()},
         "relevance": {h: {"target": _class_name(exp, h), **{e: m.tolist() for e, m in r.items()}}
