@@ -106,8 +106,20 @@ opt($("head"), [...Array(D.heads + 1).keys()].map(String), [...[...Array(D.heads
 $("head").value = String(D.heads);
 const rel = Object.entries(D.relevance).flatMap(([h, r]) => ["spatial", "temporal"].map(e => [h + "|" + e, `${h} = ${r.target} (${e} expert)`]));
 opt($("rel"), rel.map(r => r[0]), rel.map(r => r[1]));
-if (!layers.length) $("mode").value = "rel";
+if (layers.length) $("layer").value = layers[layers.length - 1];  // the block nearest the heads first
+else $("mode").value = "rel";
+// a view can be linked: index.html#layer=3&dir=s2t&head=4&t=1&q=9 (also mode=rel&rel=noun|spatial)
+const wanted = Object.fromEntries(new URLSearchParams(location.hash.slice(1)));
+function applyWanted() {
+  for (const id of ["mode", "layer", "head", "rel"]) if (wanted[id] !== undefined) $(id).value = wanted[id];
+  if (wanted.t !== undefined) query = {t: +wanted.t, q: +wanted.q};
+}
 ["mode", "head", "rel", "dir"].forEach(id => $(id).onchange = draw); $("layer").onchange = layerChanged;
-Promise.all(imgs.map(i => i.decode ? i.decode().catch(() => 0) : 0)).then(layers.length ? layerChanged : draw);
+Promise.all(imgs.map(i => i.decode ? i.decode().catch(() => 0) : 0)).then(() => {
+  applyWanted();
+  if (!layers.length) return draw();
+  layerChanged();
+  if (wanted.dir !== undefined) { $("dir").value = wanted.dir; draw(); }
+});
 </script></body></html>
 """
