@@ -114,7 +114,7 @@ def explain_clip(model: CAST, path: str | Path, names: dict[str, list[str]] | No
     top = {h: _top(_scores(logits[h]).softmax(-1), names.get(h), topk) for h in logits}
     mapping = {"video": str(path), "fps": info.fps, "num_frames": info.num_frames, "clip_frames": indices,
                "spatial_frames": indices[1::2], "temporal_tubes": [indices[i:i + 2] for i in range(0, len(indices), 2)],
-               "patch_size": cfg.spatial.patch_size, "grid": model.spatial.grid,
+               "patch_size": cfg.img_size // model.spatial.grid, "grid": model.spatial.grid,  # crop pixels per patch
                **crop_mapping(frames.shape[1], frames.shape[2], cfg.img_size)}
     return Explanation(
         video=str(path), frames=view[:, 1::2].permute(1, 2, 3, 0).contiguous(), mapping=mapping, top=top,
