@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cast_video import CAST
+from cast_video import CAST, from_pretrained, save_pretrained
 from cast_video.cli import main
 from cast_video.data import dataset, read_frames, video_info
 from cast_video.data.sampling import segment_indices
@@ -25,7 +25,7 @@ def tiny_dir(tmp_path_factory):
         for _, p in model.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
     out = tmp_path_factory.mktemp("explain") / "model"
-    model.save_pretrained(out, full=True)
+    save_pretrained(model, out, full=True)
     names = {"verb": [f"verb{i}" for i in range(8)], "noun": [f"noun{i}" for i in range(10)]}
     (out / "classes.json").write_text(json.dumps(names))
     return out
@@ -57,7 +57,7 @@ def test_explain_writes_the_page_and_maps_of_the_clip_the_model_saw(tiny_dir, sm
     assert frames[-1] - frames[0] <= 2.0 * info.fps
     assert mapping["spatial_frames"] == frames[1::2]
     # the maps on disk are those of the model on exactly these frames and this crop, computed here anew
-    model = CAST.from_pretrained(tiny_dir)
+    model = from_pretrained(tiny_dir)
     view = dataset.test_crops(read_frames(video, frames), 32, 32, 1)[0]
     with torch.no_grad():
         logits, maps = model.cross_attention_maps(_normalised(view))
@@ -132,7 +132,7 @@ def test_features_reproduce_the_logits_through_the_heads_and_resume(tiny_dir, sm
     tensors, meta = load_features(out)
     assert json.loads(meta["rows"]) == [videos[0]]
     assert json.loads(meta["failed"])[0]["item"] == str(bad)
-    model = CAST.from_pretrained(tiny_dir)
+    model = from_pretrained(tiny_dir)
     state = model.state_dict()
     expected = _logits_by_hand(model, videos[0], 2, 3)
     for head in model.config.heads:  # verb reads the temporal embedding, noun the spatial one
@@ -160,7 +160,7 @@ def test_features_per_clip_and_windows(tiny_dir, small_videos, tmp_path):
                  "--crops", "1", "--no-progress"]) == 0
     t, meta = load_features(out)
     assert json.loads(meta["rows"]) == [f"{video}#clip{v}" for v in range(3)]
-    model = CAST.from_pretrained(tiny_dir)
+    model = from_pretrained(tiny_dir)
     n = video_info(video).num_frames
     clip1 = dataset.test_crops(read_frames(video, segment_indices(n, 8, False, view=1, num_views=3)[0]), 32, 32, 1)[0]
     with torch.no_grad():

@@ -21,9 +21,9 @@ def run(args) -> int:
     from ..engine.explain import explain_clip
     from ..engine.explain_page import write_explanation
     from ..engine.predict import load_class_names
-    from ..models import CAST
+    from ..weights import from_pretrained
 
-    model = CAST.from_pretrained(args.model)
+    model = from_pretrained(args.model)
     exp = explain_clip(model, args.video, load_class_names(args.model), args.clip_at, args.clip_len, args.target,
                        args.topk, args.device)
     for head, rows in exp.top.items():
