@@ -135,7 +135,7 @@ def _save_png(fig, path: Path) -> None:
 
     buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
@@ -157,7 +157,7 @@ def improvement_chart(rows: list[dict], task: str, la: str, lb: str, out: Path) 
     ax.bar(range(len(rows)), values, color=["#2a9d8f" if v >= 0 else "#e76f51" for v in values])
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set(ylabel="F1 improvement (%)", xlim=(-0.6, len(rows) - 0.4),
-           title=f"{task}: per-class F1 of {la} over {lb}, mean improvement {mean:+.2f}")
+           title=f"{task}: per-class F1 of {la} over {lb}\nmean improvement {mean:+.2f}")
     if len(rows) <= 60:
         ax.set_xticks(range(len(rows)), [r["name"] for r in rows], rotation=90, fontsize=7)
     else:
@@ -183,8 +183,9 @@ def group_chart(a: EvalRun, b: EvalRun, task: str, groups: dict[str, list[int]],
     ax.bar(range(len(rows)), [r[3] for r in rows], color=["#2a9d8f" if r[3] >= 0 else "#e76f51" for r in rows])
     ax.axhline(0, color="black", linewidth=0.6)
     ax.set_xticks(range(len(rows)), [r[0] for r in rows], rotation=60, ha="right", fontsize=8)
+    mean = float(np.mean([r[3] for r in rows]))
     ax.set(ylabel="weighted F1 improvement (%)",
-           title=f"{task} super-categories: {a.label} over {b.label}, mean {np.mean([r[3] for r in rows]):+.2f}")
+           title=f"{task} groups: weighted F1 of {a.label} over {b.label}\nmean improvement {mean:+.2f}")
     png = out / f"group_f1_{task}.png"
     _save_png(fig, png)
     md = out / f"group_f1_{task}.md"
