@@ -7,6 +7,7 @@ from einops import rearrange
 
 from cast_video import CAST
 from cast_video.models.bcast import BCAST, CrossAttentionAdapterExchange, CrossAttentionExchange, WindowCrossAttention
+from cast_video.models.cast import member_key
 
 
 def trained_tiny(**overrides) -> CAST:
@@ -179,14 +180,13 @@ def test_logits_are_a_linear_layer_of_the_embeddings(overrides):
         emb = model.forward_embeddings(video)
         again = model.forward_embeddings(video)
         logits = model(video)
-    logits = logits if isinstance(logits, dict) else {model.config.heads[0].name: logits}
     state = model.state_dict()
     assert all(torch.equal(emb[k], again[k]) for k in emb)  # deterministic
     for head in model.config.heads:
-        if model.config.ensemble:
-            members = [F.linear(emb[src], state[f"{table}.{head.name}.weight"], state[f"{table}.{head.name}.bias"])
-                       for src, table in (("spatial", "heads"), ("temporal", "heads_t"))]
-            torch.testing.assert_close(logits[head.name], torch.stack(members), rtol=0, atol=1e-6)
+        if model.config.ensemble:  # each member's logits are its own head on its expert's embedding
+            for src, table in (("spatial", "heads"), ("temporal", "heads_t")):
+                member = F.linear(emb[src], state[f"{table}.{head.name}.weight"], state[f"{table}.{head.name}.bias"])
+                torch.testing.assert_close(logits[member_key(head.name, src)], member, rtol=0, atol=1e-6)
             continue
         w, b = state[f"heads.{head.name}.weight"], state[f"heads.{head.name}.bias"]
         torch.testing.assert_close(logits[head.name], F.linear(emb[head.source], w, b), rtol=0, atol=1e-6)

@@ -125,5 +125,5 @@ def explain_clip(model: CAST, path: str | Path, names: dict[str, list[str]] | No
 
 
 def _scores(logits: torch.Tensor) -> torch.Tensor:
-    """One view's logits (C,); an ensemble's members (2, 1, C) average their probabilities' logits."""
-    return (logits.float().softmax(-1).mean(0).log() if logits.ndim == 3 else logits.float())[0]
+    """The one view's logits (C,) of a head (an ensemble's head holds its averaged prediction's log)."""
+    return logits.float()[0]

@@ -82,7 +82,7 @@ def relevance_maps(model: nn.Module, video: torch.Tensor, targets: dict[str, int
     prefix = {"spatial": model.spatial.num_prefix, "temporal": model.temporal.num_prefix}
     maps = {}
     for head, out in logits.items():
-        scores = out.sum(0) if out.ndim == 3 else out  # an ensemble's members (2, B, C) add up
+        scores = out  # (B, C); an ensemble's members have their own entries (`verb/spatial`, ...)
         target = targets.get(head)
         cls = scores.argmax(-1) if target is None else torch.as_tensor(target).expand(scores.shape[0])
         chosen = scores.gather(1, cls.view(-1, 1).to(scores.device)).sum()
