@@ -8,7 +8,7 @@ import torch
 from cast_video import CAST
 from cast_video.config_utils import ConfigError
 from cast_video.models import ABLATIONS, preset_config
-from cast_video.models.bcast import CrossExchange, WindowCrossAttention
+from cast_video.models.bcast import BCAST, BCASTConfig, WindowCrossAttention
 from cast_video.models.counting import count_gmacs, count_parameters
 from cast_video.models.layers import sinusoid_table
 
@@ -145,9 +145,7 @@ def test_s2t_attends_along_space_only():
 
 def test_bcast_class_token_skips_cross_attention():
     torch.manual_seed(0)
-    ex = CrossExchange(dim_s=16, dim_t=16, prefix_s=1, prefix_t=0, num_steps=2, num_patches=4, dim=8, heads=2,
-                       t2s=True, s2t=True, t2s_window="time", s2t_window="space", pos_embed=True,
-                       bottleneck=True, post_adapter=False)
+    ex = BCAST(BCASTConfig(dim_s=16, dim_t=16, num_steps=2, num_patches=4, dim=8, heads=2, prefix_s=1, prefix_t=0))
     for p in ex.parameters():
         torch.nn.init.normal_(p, std=0.3)
     ys, yt = torch.randn(1, 2, 5, 16), torch.randn(1, 2, 4, 16)

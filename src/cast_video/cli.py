@@ -14,7 +14,8 @@ import sys
 
 from .errors import CastVideoError
 
-COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark", "data", "export", "serve"]
+COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark", "data",
+            "explain", "features", "compare", "export", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

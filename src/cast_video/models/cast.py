@@ -15,7 +15,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..normalization import PIXEL_STATS
-from .bcast import CrossExchange, LateralExchange
+from .bcast import BCASTConfig, LateralExchange, build_cross_exchange
+from .capture import capture_cross_attention, relevance_maps
 from .experts import ExpertBlock, ExpertConfig, ViTExpert
 from .layers import Adapter, DropPath, trunc_normal_init, zero_init
 
@@ -143,6 +144,16 @@ class CASTConfig:
     def exchanges_at(self, layer: int) -> bool:
         return self.exchange != "none" and (self.bcast_layers is None or layer in self.bcast_layers)
 
+    def bcast_config(self, num_steps: int, num_patches: int) -> BCASTConfig:
+        """What a cross exchange ("bcast", "xattn", "xattn_adapter") of one block is built from."""
+        return BCASTConfig(
+            dim_s=self.spatial.width, dim_t=self.temporal.width, num_steps=num_steps, num_patches=num_patches,
+            dim=self.bottleneck_dim, heads=self.bcast_heads or self.spatial.heads,
+            prefix_s=self.spatial.num_prefix, prefix_t=self.temporal.num_prefix,
+            t2s=self.t2s, s2t=self.s2t, t2s_window=self.t2s_window, s2t_window=self.s2t_window,
+            pos_embed=self.bcast_pos_embed, variant=self.exchange,
+        )
+
 
 class CASTBlock(nn.Module):
     """The trainable part of one block: four adapters and the exchange. The frozen expert blocks are
@@ -161,12 +172,7 @@ class CASTBlock(nn.Module):
         elif cfg.exchange == "lateral":
             self.exchange = LateralExchange(dim_s=ds, dim_t=dt, **prefixes)
         else:
-            self.exchange = CrossExchange(
-                dim_s=ds, dim_t=dt, **prefixes, num_steps=num_steps, num_patches=num_patches,
-                dim=cfg.bottleneck_dim, heads=cfg.bcast_heads or cfg.spatial.heads, t2s=cfg.t2s, s2t=cfg.s2t,
-                t2s_window=cfg.t2s_window, s2t_window=cfg.s2t_window, pos_embed=cfg.bcast_pos_embed,
-                bottleneck=cfg.exchange == "bcast", post_adapter=cfg.exchange == "xattn_adapter",
-            )
+            self.exchange = build_cross_exchange(cfg.bcast_config(num_steps, num_patches))
         self.drop_path = DropPath(drop_path)
 
     def init_weights(self) -> None:
@@ -330,16 +336,22 @@ class CAST(nn.Module):
             xt = plain(xt, joint_time=True)
         return self.blocks[i](xs, xt, self.spatial.blocks[(i + 1) * ks - 1], self.temporal.blocks[(i + 1) * kt - 1])
 
-    def forward_head(self, tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Pooled features -> {head name: logits (B, C)} (eq. 6 for fused heads)."""
+    def pool_embeddings(self, tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The features the heads read: {"spatial": CLS(X_s) (B, Ds), "temporal": GAP(X_t) (B, Dt)}, and
+        "fused" (eq. 6, (B, Ds) or (B, Ds+Dt) for concat) where a head reads the fusion."""
         fs = self.spatial.pool(tokens[0])  # (B, Ds): CLS(X_s)
         ft = self.temporal.pool(tokens[1])  # (B, Dt): GAP(X_t)
+        feats = {"spatial": fs, "temporal": ft}
+        if self.heads_t is None and any(h.source == "fused" for h in self.config.heads):
+            feats["fused"] = self._fuse(fs, ft)
+        return feats
+
+    def forward_head(self, tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Pooled features -> {head name: logits (B, C)} (eq. 6 for fused heads)."""
+        feats = self.pool_embeddings(tokens)
         drop = self.head_dropout
         if self.heads_t is not None:
-            return self._ensemble_head(drop(fs), drop(ft))
-        feats = {"spatial": fs, "temporal": ft}
-        if any(h.source == "fused" for h in self.config.heads):
-            feats["fused"] = self._fuse(fs, ft)
+            return self._ensemble_head(drop(feats["spatial"]), drop(feats["temporal"]))
         return {h.name: self.heads[h.name](drop(feats[h.source])) for h in self.config.heads}
 
     def _ensemble_head(self, fs: torch.Tensor, ft: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -362,6 +374,23 @@ class CAST(nn.Module):
 
     def forward(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.forward_head(self.forward_features(video))
+
+    # --- looking inside (opt-in; `forward` is unchanged) -----------------------------------------
+    def forward_embeddings(self, video: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, 2T, H, W) -> `pool_embeddings`: every head's logits are a linear layer of one of them."""
+        return self.pool_embeddings(self.forward_features(video))
+
+    def cross_attention_maps(self, video: torch.Tensor):
+        """The logits and {block: {"t2s": map, "s2t": map}} of every block with cross-attention; the
+        layouts are in `models/capture.py` (for B/16: T2S (B, 12, 196, 8, 8), S2T (B, 12, 8, 196, 196))."""
+        with capture_cross_attention(self) as maps:
+            logits = self(video)
+        return logits, maps
+
+    def relevance_maps(self, video: torch.Tensor, targets: dict[str, int | None] | None = None, layer: int = -1):
+        """The logits and Grad-CAM {head: {"spatial": (B, T, N), "temporal": (B, T, N)}} for each head's
+        `targets` class (default: the predicted one), on the tokens entering block `layer`."""
+        return relevance_maps(self, video, targets or {}, layer)
 
     def _check_input(self, video: torch.Tensor) -> None:
         cfg = self.config

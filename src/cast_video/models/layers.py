@@ -31,6 +31,16 @@ def multi_head_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_
     return rearrange(out, "b h l d -> b l (h d)")  # (B, Lq, H*d)
 
 
+def attention_probs(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The attention weights that `multi_head_attention` applies, softmax(q k^T / sqrt(d)), in float32.
+
+    Only for looking at attention (the fused kernel never materialises them): q (B, Lq, H*d), k (B, Lk, H*d)
+    -> (B, H, Lq, Lk), each row summing to 1 over the keys.
+    """
+    q, k = (rearrange(t.float(), "b l (h d) -> b h l d", h=num_heads) for t in (q, k))  # (B, H, L, d)
+    return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)  # (B, H, Lq, Lk)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection.
 
@@ -78,6 +88,11 @@ class CrossAttention(nn.Module):
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> torch.Tensor:
         k, v = self.kv(x_kv).chunk(2, dim=-1)  # 2 x (B, Lk, D)
         return self.proj(multi_head_attention(self.q(x_q), k, v, self.num_heads))  # (B, Lq, D)
+
+    def attention_probs(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> torch.Tensor:
+        """The (B, H, Lq, Lk) weights `forward` uses, recomputed from the same q and k projections."""
+        k = self.kv(x_kv).chunk(2, dim=-1)[0]  # (B, Lk, D)
+        return attention_probs(self.q(x_q), k, self.num_heads)
 
 
 class QuickGELU(nn.Module):

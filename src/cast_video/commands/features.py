@@ -1,0 +1,40 @@
+"""`cast-video features INPUTS... --model DIR --out FILE`: spatial, temporal and fused embeddings per video."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("features", help="embeddings of videos, folders or annotation files (.safetensors / .npz)")
+    p.add_argument("inputs", nargs="+", help="video files, folders of videos, or annotation files (.csv, .txt)")
+    p.add_argument("--model", required=True, help="a directory written by save_pretrained / train (or a hub id)")
+    p.add_argument("--out", required=True, help="FILE.safetensors or FILE.npz; a rerun skips finished videos")
+    p.add_argument("--clips", type=int, default=2, help="temporal views averaged per video")
+    p.add_argument("--crops", type=int, default=3, choices=[1, 3], help="spatial views averaged per video")
+    p.add_argument("--per-clip", action="store_true", help="one row per temporal view (crops averaged)")
+    p.add_argument("--window", type=float, help="one row per window of this many seconds (centre crop)")
+    p.add_argument("--stride", type=float, help="seconds between windows (default: the window)")
+    p.add_argument("--batch-size", type=int, default=8, help="views per forward pass")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from ..engine.distributed import init_distributed
+    from ..engine.features import FeatureOptions, extract_features
+    from ..engine.predict import load_class_names
+    from ..weights import from_pretrained
+
+    options = FeatureOptions(clips=args.clips, crops=args.crops, per_clip=args.per_clip, window=args.window,
+                             stride=args.stride, batch_size=args.batch_size)
+    info = init_distributed(torch.device(args.device))
+    model = from_pretrained(args.model)
+    summary = extract_features(model, args.inputs, args.out, options, load_class_names(args.model), args.device,
+                               info, progress=not args.no_progress)
+    if info.main:
+        for bad in summary["failed"]:
+            print(f"skipped {bad['item']}: {bad['error']}")
+        print(f"wrote {args.out}: {summary['rows']} rows, widths {summary['dims']}, {len(summary['failed'])} skipped")
+    return 0

