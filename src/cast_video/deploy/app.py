@@ -10,8 +10,6 @@ from outside: no analytics, no share link, no server-side rendering, the theme's
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -102,13 +100,14 @@ def _digest(path: Path) -> str:
 
 
 def _explainer(model):
-    """The explain view's hook: `cast_video.explain.attention_figure(model, video_path)` -> a matplotlib
-    figure of the cross-attention maps, for a PyTorch CAST, when that module exists; else None (no view)."""
+    """The explain view (`engine.explain_page.attention_figure`) for a PyTorch CAST with B-CAST layers; an
+    exported graph has no attention maps to capture, so its page has no such view."""
+    from ..engine.explain_page import attention_figure
     from ..models import CAST
 
-    if not isinstance(model, CAST) or importlib.util.find_spec("cast_video.explain") is None:
+    if not isinstance(model, CAST) or not any(model.config.exchanges_at(i) for i in range(model.config.depth)):
         return None
-    return getattr(importlib.import_module("cast_video.explain"), "attention_figure", None)
+    return attention_figure
 
 
 def timeline_figure(result: dict, heads: list[str]):

@@ -245,3 +245,28 @@ def write_explanation(exp: Explanation, out_dir: str | Path) -> list[Path]:
     html = PAGE.replace("/*DATA*/null", json.dumps(page_data(exp)))
     atomic_write_text(out / "index.html", html)
     return [out / "index.html", *written]
+
+
+def attention_figure(model, path: str | Path, names: dict[str, list[str]] | None = None):
+    """The serve page's explain view: the last B-CAST layer's head-averaged maps for `default_query`'s token,
+    one row per direction, drawn on the frames the model saw (a matplotlib Figure); None without B-CAST."""
+    from matplotlib.figure import Figure  # not pyplot: no global registry of figures to leak into
+
+    from .explain import explain_clip
+
+    exp = explain_clip(model, path, names)
+    if not exp.maps:
+        return None
+    frames, steps, g, scale = exp.frames.numpy(), exp.frames.shape[0], exp.grid, _scale(exp)
+    tq, q = default_query(exp)
+    layer = max(exp.maps)
+    dirs = exp.maps[layer]
+    fig = Figure(figsize=(1.6 * steps, 1.9 * len(dirs)))
+    axes = fig.subplots(len(dirs), steps, squeeze=False)
+    for row, (direction, attn) in zip(axes, dirs.items(), strict=True):
+        heat = query_heat(attn.float().mean(0), exp.windows[direction], tq, q, steps).float()  # (T, N)
+        for t, ax in enumerate(row):
+            ax.imshow(overlay(frames[t], heat[t].view(g, g).numpy(), scale, peak=float(heat.max())))
+            ax.set_axis_off()
+        row[0].set_title(f"layer {layer} {direction.upper()}, mean of heads", loc="left", fontsize="small")
+    return fig
