@@ -1,17 +1,18 @@
-"""`cast-video predict VIDEO_OR_FOLDER --model DIR`: top-k classes, or a timeline for long videos."""
+"""`cast-video predict VIDEO --model MODEL_OR_RUN_DIR`: the top classes, by name, or a timeline."""
 
 from __future__ import annotations
 
 import json
 
 from ..precision import PRECISIONS
-from ..weights import from_pretrained
 
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="predict the actions in a video, a folder of videos or a long video")
+    p = sub.add_parser("predict", help="predict the classes of a video, a folder of videos or a long video",
+                       description=__doc__ + " Class names come from the model's config.json.")
     p.add_argument("path", help="a video file or a folder of videos")
-    p.add_argument("--model", required=True, help="a directory written by save_pretrained / train (or a hub id)")
+    p.add_argument("--model", required=True, help="a run folder (its model/), a model folder written by train or "
+                   "save_pretrained, or a hub id")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--clips", type=int, default=2, help="temporal views")
     p.add_argument("--crops", type=int, default=3, choices=[1, 3], help="spatial views")
@@ -25,10 +26,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..engine.predict import Predictor, find_videos, load_class_names, summarize
+    from ..engine.predict import Predictor, find_videos, summarize
+    from ..engine.rundir import resolve_model_dir
+    from ..weights import from_pretrained
 
-    model = from_pretrained(args.model)
-    predictor = Predictor(model, load_class_names(args.model), args.clips, args.crops, args.device, args.precision)
+    model = from_pretrained(resolve_model_dir(args.model))
+    predictor = Predictor(model, None, args.clips, args.crops, args.device, args.precision)
     results = []
     for video in find_videos(args.path):
         if args.window:

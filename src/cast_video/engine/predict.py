@@ -6,7 +6,6 @@ which seeks across the gaps, and the windows then go through the model in batche
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -18,11 +17,6 @@ from ..data.sampling import segment_indices
 from ..models import CAST
 from ..precision import prepare
 from .loop import predict_views
-
-
-def load_class_names(model_dir: str | Path) -> dict[str, list[str]]:
-    path = Path(model_dir) / "classes.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _top(probs: torch.Tensor, names: list[str] | None, k: int) -> list[dict]:
@@ -40,7 +34,7 @@ class Predictor:
         cfg = model.config
         self.model = model.to(device).eval()
         precision, self.precision_reason = prepare(self.model, precision, device)
-        self.names = class_names or {}
+        self.names = class_names or {h.name: list(h.labels) for h in cfg.heads if h.labels}  # names from config.json
         self.data = DataConfig(num_frames=cfg.num_frames, input_size=cfg.img_size, short_side=cfg.img_size,
                                test_clips=clips, test_crops=crops, norm=cfg.input_norm)
         self.heads = [h.name for h in cfg.heads]
