@@ -22,7 +22,7 @@ from cast_video.engine import TrainConfig, build_model
 from cast_video.engine.autoconfig import check_shapes, load_train_config, own_data_config
 from cast_video.errors import DataError
 from cast_video.models import CAST, preset_config
-from cast_video.weights import save_pretrained
+from cast_video.weights import from_pretrained, load_experts, save_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["jump", "run", "wave"]
@@ -346,3 +346,26 @@ def test_pyproject_license_is_an_spdx_string():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0"
+
+
+def test_an_exported_model_carries_experts_read_from_local_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from cast_video.engine.rundir import export_model
+
+    torch.manual_seed(0)
+    donor = CAST(preset_config("cast_tiny"))
+    save_file({k: v.contiguous() for k, v in donor.spatial.state_dict().items()}, str(tmp_path / "spatial.safetensors"))
+    model = CAST(preset_config("cast_tiny"))
+    load_experts(model, spatial=str(tmp_path / "spatial.safetensors"))
+    assert model.expert_sources["spatial"]["source"] == str(tmp_path / "spatial.safetensors")
+    export_model(model, tmp_path / "model", {"verb": [f"v{i}" for i in range(8)], "noun": ["too", "few"]})
+    meta = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert meta["experts"] == {} and str(tmp_path) not in json.dumps(meta)
+    assert meta["config"]["heads"][0]["labels"] == [f"v{i}" for i in range(8)]
+    assert meta["config"]["heads"][1]["labels"] == []  # 2 names for 10 classes: none rather than wrong ones
+    (tmp_path / "spatial.safetensors").unlink()  # the source is gone; the folder still has every weight
+    shutil.move(tmp_path / "model", tmp_path / "moved")
+    back = from_pretrained(tmp_path / "moved")
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v, rtol=0, atol=0, msg=k)
