@@ -238,7 +238,8 @@ def check_batch(cfg: TrainConfig, num_train: int, world: int) -> None:
 
 
 def check_shapes(cfg: TrainConfig, model: CASTConfig) -> None:
-    """Every clip shape the model cannot take, named by key, before the first step."""
+    """Every clip shape the model cannot take, named by key, before the first step (the experts' own
+    grids are checked by `CASTConfig`)."""
     d = cfg.data
     if d.num_frames != model.num_frames:
         raise ConfigError(f"data.num_frames is {d.num_frames} but the model takes {model.num_frames} frames; leave "
@@ -246,11 +247,6 @@ def check_shapes(cfg: TrainConfig, model: CASTConfig) -> None:
     if d.input_size != model.img_size:
         raise ConfigError(f"data.input_size is {d.input_size} but the model takes {model.img_size} px; leave "
                           "data.input_size out (it follows the model) or set model.overrides.img_size")
-    for role in ("spatial", "temporal"):
-        expert = getattr(model, role)
-        if model.img_size % expert.patch_size:
-            raise ConfigError(f"model img_size {model.img_size} is not a multiple of the {role} expert's patch size "
-                              f"{expert.patch_size}")
     if model.num_frames % model.temporal.tubelet_size:
         raise ConfigError(f"model num_frames {model.num_frames} is not a multiple of the temporal expert's tubelet "
                           f"size {model.temporal.tubelet_size}")
