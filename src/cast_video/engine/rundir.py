@@ -39,38 +39,28 @@ def _model_meta(path: Path) -> dict | None:
 
 
 def resolve_model_dir(source: str | os.PathLike) -> str:
-    """A model folder (config.json + model.safetensors), a run folder (its `model/`) or a hub id. A
-    folder without a model names the folder inside it that has one."""
-    from ..weights.io import HUB_ID
-
+    """A run folder stands for its `model/`; a model folder or a hub id for itself (`from_pretrained`
+    names the folder inside that holds a model when this one does not)."""
     path = Path(source)
-    if not path.exists():
-        if HUB_ID.fullmatch(str(source)):
-            return str(source)
-        raise WeightsError(f"{source}: no such model folder")
-    if not path.is_dir():
-        raise WeightsError(f"{path}: a model is a folder (config.json + model.safetensors), not a file")
-    for candidate in (path, path / "model"):
-        if _model_meta(candidate) is not None:
-            return str(candidate)
-    inside = sorted(c.parent for pattern in ("*/config.json", "*/*/config.json") for c in path.glob(pattern)
-                    if _model_meta(c.parent) is not None)
-    if inside:
-        raise WeightsError(f"{path}: no model in this folder, but {inside[0]} has one: pass --model {inside[0]}")
+    if not path.is_dir() or _model_meta(path) is not None:
+        return str(source)
+    if _model_meta(path / "model") is not None:  # a run folder's own config.json is the training config
+        return str(path / "model")
     if (path / "checkpoints").is_dir():
         raise WeightsError(f"{path}: a run folder without model/ yet (train writes it at the end); evaluate its "
                            f"checkpoints with `cast-video eval {path}`")
-    raise WeightsError(f"{path}: no cast-video model here or in its subfolders (a model folder holds config.json and "
-                       "model.safetensors; `cast-video train` writes RUN_DIR/model)")
+    return str(source)
 
 
 def read_model_config(source: str | os.PathLike) -> CASTConfig:
     """The architecture of a saved model, without reading its weights."""
+    from ..weights.io import HUB_ID, hub_snapshot
+
     where = resolve_model_dir(source)
     path = Path(where)
     if not path.exists():
-        from ..weights.io import hub_snapshot
-
+        if not HUB_ID.fullmatch(where):
+            raise WeightsError(f"{where}: no such model folder")
         path = hub_snapshot(where, ["config.json"])
     meta = _model_meta(path)
     if meta is None:
