@@ -59,7 +59,8 @@ def test_the_readme_commands_train_evaluate_and_predict_with_names(tmp_path, mon
     outputs = []
     for line in commands:
         assert run_cli(line) == 0, line
-        outputs.append(capsys.readouterr().out)
+        captured = capsys.readouterr()
+        outputs.append(captured.out + captured.err)  # the library's log (one line per epoch) is on stderr
     check, trained, evaluated, predicted = outputs
     assert "9 samples in train, 0 unreadable" in check and "3 samples in val" in check and "jump" in check
     assert "data.num_frames = 8: the frames preset cast_tiny takes" in trained
@@ -82,7 +83,8 @@ def test_the_readme_commands_train_evaluate_and_predict_with_names(tmp_path, mon
     # the run continues from its own config.yaml, from any working directory
     monkeypatch.chdir(tmp_path / "my_videos")
     assert main(["train", str(run / "config.yaml"), "resume=auto", "optim.epochs=3", "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
     assert "resumed from" in out and "epoch 3/3: loss" in out and "epoch 2/3" not in out
     # ... but the same folder is never trained into afresh without --overwrite
     assert main(["train", str(run / "config.yaml")]) == 2
