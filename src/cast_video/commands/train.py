@@ -90,7 +90,7 @@ def _from_config(args, overrides: list[str]):
 
 def run(args) -> int:
     from ..engine import train
-    from ..engine.autoconfig import check_batch, check_expert_weights, world_size, write_plan
+    from ..engine.autoconfig import check_batch, check_expert_weights, main_process, world_size, write_plan
     from ..engine.rundir import prepare_output_dir, save_run_config, summary
 
     overrides = list(args.overrides)
@@ -106,13 +106,18 @@ def run(args) -> int:
         plan = _from_data(args, overrides)
         check_expert_weights(plan.config)
         check_batch(plan.config, len(plan.splits["train"]), world_size())
-        prepare_output_dir(plan.config, args.overwrite)
-        cfg = write_plan(plan)
+        cfg = plan.config
     else:
         cfg = _from_config(args, overrides)
         check_expert_weights(cfg)
+    main = main_process()  # under torchrun, rank 0 alone checks and writes the run folder
+    if main:
         prepare_output_dir(cfg, args.overwrite)
-    save_run_config(cfg)
+    if args.data:
+        cfg = write_plan(plan)  # every rank reads the same split files (written atomically, identical)
+    if main:
+        save_run_config(cfg)
     train(cfg, progress=not args.no_progress)
-    print("\n".join(summary(cfg)))
+    if main:
+        print("\n".join(summary(cfg)))
     return 0

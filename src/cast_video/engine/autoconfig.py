@@ -142,6 +142,11 @@ def own_data_config(data: FolderData, preset: str | None = None, init: str | Non
     return plan
 
 
+def main_process() -> bool:
+    """Rank 0 under torchrun (RANK), or a plain process: the one that checks and writes the run folder."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def world_size() -> int:
     """Processes of the run: torchrun's WORLD_SIZE, known before the process group starts."""
     return int(os.environ.get("WORLD_SIZE", "1"))
