@@ -18,7 +18,7 @@ def files(tmp_path_factory):
     torch.save({"foo": torch.zeros(2)}, d / "unknown.pt")
     (d / "garbage.safetensors").write_bytes(b"hello world, not a header")
     (d / "notes.txt").write_text("not a checkpoint\n")
-    run = d / "run"  # a run folder: the model sits in run/model
+    run = d / "runs" / "exp1"  # a folder of runs: the model sits in runs/exp1/model (a run folder stands for its model)
     save_pretrained(CAST.from_preset("cast_tiny"), run / "model")
     (d / "broken").mkdir()
     (d / "broken" / "config.json").write_text("{not json")
@@ -40,7 +40,7 @@ def _cases(d):
         (["convert", "experts", "--preset", "cast_tiny", "--set", "img_size=30", "--out", str(d / "o")],
          "image size 30 is not divisible by its patch size"),
         (["predict", "v.mp4", "--model", str(d / "nowhere")], "nowhere: no such file or directory"),
-        (["predict", "v.mp4", "--model", str(d / "run")], f"{d / 'run' / 'model'} holds one; pass that folder"),
+        (["predict", "v.mp4", "--model", str(d / "runs")], f"{d / 'runs' / 'exp1' / 'model'} holds one; pass that"),
         (["predict", "v.mp4", "--model", str(d / "notes.txt")], "notes.txt: a model is a folder"),
         (["predict", "v.mp4", "--model", str(d / "broken")], "config.json: not a readable JSON file"),
         (["predict", "v.mp4", "--model", str(d / "foreign")], "config.json: not written by cast-video"),

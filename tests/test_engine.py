@@ -42,6 +42,7 @@ def write_ek_data(root: Path) -> Path:
 def tiny_config(data_root: Path, out: Path, **extra) -> TrainConfig:
     raw = {
         "model": {"preset": "cast_tiny", "overrides": {"drop_path": 0.1}},
+        "weights": {"allow_random": True},  # the CLI refuses random frozen experts otherwise
         "data": {"format": "epic_csv", "root": str(data_root), "train": str(data_root / "train.csv"),
                  "num_frames": 8, "input_size": 32, "short_side": 32, "test_clips": 1, "test_crops": 1,
                  "rand_augment": "rand-m7-n2-mstd0.5"},
@@ -172,11 +173,12 @@ def test_bad_config_keys_are_named(tmp_path):
 
 
 def test_predict_a_video_a_folder_and_a_timeline(tmp_path, ek_data, capsys):
-    cfg = tiny_config(ek_data, tmp_path / "run", **{"optim.epochs": 1, "data.class_names": {}})
+    names = [f"verb{i}" for i in range(8)]
+    (tmp_path / "verbs.txt").write_text("\n".join(names))
+    cfg = tiny_config(ek_data, tmp_path / "run", **{"optim.epochs": 1,
+                                                     "data.class_names": {"verb": str(tmp_path / "verbs.txt")}})
     train(cfg, progress=False)
     capsys.readouterr()  # the training log, not part of predict's output
-    names = [f"verb{i}" for i in range(8)]
-    (tmp_path / "run" / "model" / "classes.json").write_text(json.dumps({"verb": names}))
     video = ek_data / "P01" / "videos" / "P01_01.MP4"
     assert main(["predict", str(video), "--model", str(tmp_path / "run" / "model"), "--json", "--topk", "3"]) == 0
     one = json.loads(capsys.readouterr().out)
@@ -223,7 +225,8 @@ def test_own_data_with_few_classes_trains_and_mismatched_heads_are_named(tmp_pat
              "save_every_steps": 0}
     metrics = train(tiny_config(tmp_path, tmp_path / "run", **three), progress=False)
     assert metrics["action/top5"] == 100.0  # top-5 of 3 classes is every class, not an error or a 0
-    assert json.loads((tmp_path / "run" / "model" / "classes.json").read_text()) == {"action": ["cat", "dog", "fish"]}
+    heads = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["config"]["heads"]
+    assert heads[0]["labels"] == ["cat", "dog", "fish"]  # the class names travel with the model
     two = {**three, "model.overrides": {"heads": [{"name": "action", "num_classes": 2, "source": "fused"}]}}
     with pytest.raises(ConfigError, match=r"fish.*action label 2 does not fit the model's action head of 2"):
         train(tiny_config(tmp_path, tmp_path / "two", **two), progress=False)

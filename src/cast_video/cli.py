@@ -1,8 +1,13 @@
-"""`cast-video` command line: one module per command under `cast_video.commands`.
+"""cast-video: train, evaluate and use CAST video classifiers (Cross-Attention in Space and Time).
 
-Each command module defines `register(subparsers)`, which adds its parser and sets `func`.
-Errors a user can fix (a bad config key, a missing file, a checkpoint or annotation that does not fit,
-an unreadable video) are printed as one line naming the key or file, with exit status 2.
+Your own videos, start to finish (one folder per class):
+  cast-video data check my_videos                      decode every clip once, count clips per class
+  cast-video train --data my_videos --spatial CLIP --temporal VIDEOMAE
+  cast-video eval runs/my_videos                       best checkpoint on the run's validation split
+  cast-video predict clip.mp4 --model runs/my_videos   top classes by name
+
+Run `cast-video COMMAND --help` for each command's options. KEY=VALUE overrides (e.g. optim.epochs=10)
+may go anywhere on the line. Errors you can fix are printed as one line naming the file or key (exit 2).
 """
 
 from __future__ import annotations
@@ -14,12 +19,14 @@ import sys
 
 from .errors import CastVideoError
 
+# Each module under cast_video.commands defines `register(subparsers)`, which adds its parser and sets `func`.
 COMMANDS = ["info", "pretrain", "demo", "convert", "train", "eval", "predict", "benchmark", "data",
             "explain", "features", "compare", "export", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cast-video", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cast-video", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"cast_video.commands.{name}").register(sub)
@@ -47,8 +54,20 @@ def _show_library_log() -> None:
     log.setLevel(logging.INFO)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """KEY=VALUE overrides are accepted after options too (`eval RUN --checkpoint X optim.batch_size=2`):
+    argparse stops filling a positional list at the first option, so the rest is gathered here."""
+    args, rest = parser.parse_known_args(argv)
+    extra = [a for a in rest if "=" in a and not a.startswith("-")]
+    if len(extra) != len(rest) or (extra and not hasattr(args, "overrides")):
+        parser.parse_args(argv)  # argparse's own error for what is not an override
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     _show_library_log()
     try:
         return args.func(args) or 0

@@ -130,32 +130,46 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
 
 
-def set_dotted(data: dict, key: str, value: Any) -> None:
-    node = data
+def _field_type(tp: Any) -> Any:
+    """The type an override walks into: Optional[X] is X."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else Any
+    return tp
+
+
+def set_typed(data: dict, cls: type, key: str, value: Any) -> None:
+    """Set dotted `key` in the plain mapping `data` of dataclass `cls`, walking the fields' types.
+
+    Dataclass fields must exist (the error names the key and suggests one). Inside a free-form mapping
+    (`dict[str, Any]`, such as `model.overrides`) a key is added or merged, never the whole mapping
+    replaced, and the rest of a dotted key stays one key there: `model.overrides.spatial.depth=2` sets
+    `{"spatial.depth": 2}`, the dotted form that `preset_config` reads."""
+    node, tp = data, cls
     parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if part not in node or not isinstance(node[part], dict):
-            where = ".".join(parts[: i + 1])
-            raise ConfigError(f"unknown config key {where!r}" + _suggest(part, [k for k in node]))
-        node = node[part]
-    if parts[-1] not in node:
-        raise ConfigError(f"unknown config key {key!r}" + _suggest(parts[-1], list(node)))
-    node[parts[-1]] = value
-
-
-def _free_form_prefix(cls: type, parts: list[str]) -> int:
-    """How many leading parts of a dotted key name a free-form `dict[str, Any]` field (0 if none).
-
-    Such a field (`model.overrides`) holds dotted keys of another config, checked where they are used,
-    so `model.overrides.grad_checkpointing=true` stores {"grad_checkpointing": True} in it."""
-    tp: Any = cls
-    for i, part in enumerate(parts[:-1]):
-        if not dataclasses.is_dataclass(tp) or part not in (hints := typing.get_type_hints(tp)):
-            return 0
-        tp = hints[part]
-        if typing.get_origin(tp) is dict and typing.get_args(tp)[1:] == (Any,):
-            return i + 1
-    return 0
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        last = i == len(parts) - 1
+        if dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            names = [f.name for f in dataclasses.fields(tp) if f.init]
+            if part not in names:
+                raise ConfigError(f"unknown config key {where!r}" + _suggest(part, names))
+            tp = _field_type(hints[part])
+        elif typing.get_origin(tp) is dict:
+            inner = _field_type((typing.get_args(tp) or (str, Any))[1])
+            if not (dataclasses.is_dataclass(inner) or typing.get_origin(inner) is dict):
+                node[".".join(parts[i:])] = value  # a leaf of a free-form mapping
+                return
+            tp = inner
+        else:
+            raise ConfigError(f"unknown config key {where!r}: {'.'.join(parts[:i])} is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
 
 
 def apply_overrides(obj: T, overrides: list[str] | dict[str, Any]) -> T:
@@ -163,15 +177,7 @@ def apply_overrides(obj: T, overrides: list[str] | dict[str, Any]) -> T:
     data = to_dict(obj)
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
     for key, value in items:
-        parts = key.split(".")
-        free = _free_form_prefix(type(obj), parts)
-        if free:
-            node = data
-            for part in parts[:free]:
-                node = node[part]
-            node[".".join(parts[free:])] = value
-        else:
-            set_dotted(data, key, value)
+        set_typed(data, type(obj), key, value)
     return from_dict(type(obj), data)
 
 
@@ -196,11 +202,21 @@ def read_yaml(path: str | Path) -> dict:
     return _merge(read_yaml(path.parent / base), data) if base else data
 
 
-def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
-    path = Path(path)
+def read_config(cls: type, path: str | Path, overrides: list[str] | None = None) -> dict:
+    """The YAML file as a plain mapping with the overrides merged in (keys checked against `cls`)."""
     data = read_yaml(path)
+    for key, value in map(parse_override, overrides or []):
+        set_typed(data, cls, key, value)
+    return data
+
+
+def load_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    return config_from(cls, read_config(cls, path, overrides), path)
+
+
+def config_from(cls: type[T], data: dict, path: str | Path) -> T:
+    """`from_dict`, with the file named in the error."""
     try:
-        cfg = from_dict(cls, data)
+        return from_dict(cls, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
-    return apply_overrides(cfg, overrides) if overrides else cfg

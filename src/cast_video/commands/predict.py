@@ -1,4 +1,4 @@
-"""`cast-video predict VIDEO_OR_FOLDER --model DIR`: top-k classes, or a timeline for long videos."""
+"""`cast-video predict VIDEO --model MODEL_OR_RUN_DIR`: the top classes, by name, or a timeline."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from ..precision import PRECISIONS
 
 
 def register(sub) -> None:
-    p = sub.add_parser("predict", help="predict the actions in a video, a folder of videos or a long video")
+    p = sub.add_parser("predict", help="predict the classes of a video, a folder of videos or a long video",
+                       description=__doc__ + " Class names come from the model's config.json.")
     p.add_argument("path", help="a video file or a folder of videos")
-    p.add_argument("--model", required=True, help="a directory written by save_pretrained / train, a hub id, or a "
-                   "file written by `cast-video export` (.onnx: onnxruntime, .pt2: torch.export)")
+    p.add_argument("--model", required=True, help="a run folder (its model/), a model folder written by train "
+                   "or save_pretrained, a hub id, or a file written by `cast-video export` (.onnx: onnxruntime, "
+                   ".pt2: torch.export)")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--clips", type=int, default=2, help="temporal views")
     p.add_argument("--crops", type=int, default=3, choices=[1, 3], help="spatial views")
@@ -27,8 +29,9 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..deploy.runtime import load_model
     from ..engine.predict import Predictor, find_videos, summarize
+    from ..engine.rundir import resolve_model_dir
 
-    model, contract = load_model(args.model)
+    model, contract = load_model(resolve_model_dir(args.model))
     predictor = Predictor(model, contract.class_names, args.clips, args.crops, args.device, args.precision,
                           contract=contract)
     results = []

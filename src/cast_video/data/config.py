@@ -24,6 +24,7 @@ class DataConfig:
     train: str = ""  # annotation file (or folder, for `generic`) of each split
     val: str = ""
     test: str = ""
+    val_fraction: float = 0.1  # `train --data` without a val/ folder: the share of each class held out
     labels_json: str = ""  # SSV2's labels.json
     class_names: dict[str, str] = field(default_factory=dict)  # task -> EPIC class CSV / name list file
     tasks: list[str] = field(default_factory=lambda: ["action"])  # label names for single-label formats

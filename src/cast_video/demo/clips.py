@@ -15,7 +15,7 @@ import torch
 from ..data import read_frames
 from ..data.annotations import read_epic_csv
 from ..errors import AnnotationError
-from .synth import annotation_file
+from .synth import CLASS_NAMES, annotation_file
 
 VIDEO_TEMPLATE = "videos/{participant_id}/{video_id}.mp4"
 
@@ -42,7 +42,7 @@ class ClipDataset(torch.utils.data.Dataset):
     def __init__(self, split: dict[str, torch.Tensor], views: bool = False, class_names=None):
         self.clips, self.verb, self.noun = split["clips"], split["verb"], split["noun"]
         self.views = views
-        self.class_names = class_names or {}
+        self.class_names = class_names or CLASS_NAMES
 
     def __len__(self) -> int:
         return len(self.clips)

@@ -32,6 +32,8 @@ VERB_PAIRS = (("move_right", "move_left"), ("move_down", "move_up"), ("zoom_in",
               ("rotate_clockwise", "rotate_anticlockwise"))
 VERBS = tuple(v for pair in VERB_PAIRS for v in pair)
 NOUNS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# What a saved demo model calls its classes: "move left", ..., and the digits "0".."9".
+CLASS_NAMES = {"verb": [v.replace("_", " ") for v in VERBS], "noun": [str(d) for d in range(len(NOUNS))]}
 SPLITS = ("train", "validation", "test")
 
 # EK100's annotation columns, in its order (EPIC_100_train.csv).

@@ -38,7 +38,8 @@ class Contract:
         cfg = model.config
         mean, std = PIXEL_STATS[cfg.input_norm]
         return cls(cfg.num_frames, cfg.img_size, cfg.input_norm, list(mean), list(std),
-                   {h.name: h.num_classes for h in cfg.heads}, dict(class_names or {}))
+                   {h.name: h.num_classes for h in cfg.heads},
+                   dict(class_names or {h.name: list(h.labels) for h in cfg.heads if h.labels}))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

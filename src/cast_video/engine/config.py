@@ -23,11 +23,15 @@ class ModelSpec:
 
 @dataclass
 class WeightsSpec:
-    """Where the experts start from (file, directory or hub id); empty keeps them random (tests)."""
+    """Where the experts start from (file, directory or hub id); `init`: a saved cast-video model whose
+    weights start the run (its heads are re-created when the classes differ). The CLI refuses to train
+    random frozen experts unless `allow_random` (they would stay random: the run learns nothing useful)."""
 
     spatial: str = ""
     temporal: str = ""
     trusted: bool = False
+    init: str = ""
+    allow_random: bool = False
 
 
 @dataclass

@@ -41,10 +41,11 @@ from tqdm import tqdm
 from ..config_utils import ConfigError, apply_overrides, to_dict
 from ..data import build_dataset, build_gpu_augment, collate
 from ..errors import NonFiniteLoss
-from ..files import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json
 from ..models import CAST, preset_config
 from ..precision import autocast, prepare
-from ..weights import load_experts, paired_config, save_pretrained
+from ..weights import load_experts, paired_config
+from .autoconfig import check_run, load_init
 from .checkpoint import CheckpointManager, load_checkpoint, rng_state
 from .config import TrainConfig
 from .distributed import (
@@ -59,6 +60,7 @@ from .distributed import (
 )
 from .metrics import classification_metrics
 from .optim import WarmupCosine, build_optimizer, set_lr
+from .rundir import epoch_line, export_model
 from .state import TrainState
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ def build_model(cfg: TrainConfig) -> CAST:
     if cfg.weights.spatial or cfg.weights.temporal:
         load_experts(model, spatial=cfg.weights.spatial or None, temporal=cfg.weights.temporal or None,
                      trusted=cfg.weights.trusted)
+    if cfg.weights.init:  # a saved model to start from (`train --init`)
+        load_init(model, cfg.weights.init)
     return model
 
 
@@ -290,7 +294,7 @@ def train_epoch(state: TrainState, run: Run) -> dict:
     run.task.train()
     bar = tqdm(run.loader, desc=f"epoch {state.epoch + 1}/{cfg.optim.epochs}", disable=not (run.progress and info.main),
                total=len(run.loader), dynamic_ncols=True)
-    batches, report = iter(bar), {"skipped": [], "short": 0}
+    batches, report = iter(bar), {"skipped": [], "short": 0, "losses": []}
     tic, seen = time.perf_counter(), 0
     for first in range(state.batch, total, uf):
         size = min(uf, total - first)
@@ -298,6 +302,7 @@ def train_epoch(state: TrainState, run: Run) -> dict:
         state.batch = first + size
         seen += size * cfg.optim.batch_size * info.world
         if loss is not None:
+            report["losses"].append(loss)  # for the one line per epoch
             _after_step(state, run, loss, seen / (time.perf_counter() - tic), bar)
     bar.close()
     return report
@@ -324,7 +329,7 @@ def end_epoch(state: TrainState, run: Run, report: dict) -> None:
         run.log({"step": state.step, "epoch": state.epoch + 1, "data/unreadable": len(skipped),
                  "data/short_clips": short})
     done = state.epoch + 1
-    improved = False
+    improved, metrics = False, {}
     if run.val_set is not None and (done % cfg.eval_every_epochs == 0 or done == cfg.optim.epochs):
         metrics, _ = evaluate(run.evaluator, cfg, "val", run.device, info, progress=run.progress,
                               dataset=run.val_set, loader=run.val_loader)
@@ -334,6 +339,8 @@ def end_epoch(state: TrainState, run: Run, report: dict) -> None:
         run.log({"step": state.step, "epoch": done, **{f"val/{k}": v for k, v in metrics.items()}})
     state.epoch, state.batch = done, 0
     save(state, run, best=improved)
+    if info.main:  # also with --no-progress
+        log.info("%s", epoch_line(done, cfg.optim.epochs, report["losses"], metrics))
 
 
 def _headline(metrics: dict) -> float:
@@ -396,9 +403,13 @@ def _announce(cfg: TrainConfig, info: DistInfo, steps_per_epoch: int) -> None:
         return
     o = cfg.optim
     total, peak = describe_batch(cfg, info.world)
+    warmup, steps = round(o.warmup_epochs * steps_per_epoch), o.epochs * steps_per_epoch
     log.info("total batch %d = %d per process x %d processes x %d accumulated; peak lr %.3g (base %g x %d/256); "
-             "%d steps per epoch", total, o.batch_size, info.world, o.update_freq, peak, o.base_lr, total,
-             steps_per_epoch)
+             "%d steps per epoch; warm-up %d of %d steps", total, o.batch_size, info.world, o.update_freq, peak,
+             o.base_lr, total, steps_per_epoch, warmup, steps)
+    if warmup * 2 > steps:
+        log.warning("optim.warmup_epochs %g is over half of the %d epochs: the lr barely reaches its peak; scale it "
+                    "with the run (e.g. 10%% of the epochs)", o.warmup_epochs, o.epochs)
     if o.recipe_total_batch and o.recipe_total_batch != total:
         log.warning("this recipe was tuned at total batch %d, not %d; the lr is scaled linearly, but results can "
                     "differ (set optim.update_freq to match)", o.recipe_total_batch, total)
@@ -418,6 +429,7 @@ def setup(cfg: TrainConfig, progress: bool, given: dict) -> tuple[Run, TrainStat
     torch.manual_seed(stream_seed(cfg.seed, info.rank))  # drop path and dropout draw differently on each rank
     heads = {h.name: h.num_classes for h in model.config.heads}
     train_set, val_set = _datasets(cfg, given, heads, info.main)
+    check_run(cfg, model.config, len(train_set), info.world)  # shapes and batch, before the first step
     augment = build_gpu_augment(cfg.data, heads).to(device)
     sampler = ResumableSampler(len(train_set), cfg.optim.batch_size, info, seed=cfg.seed)
     loader = _loader(train_set, cfg, sampler, device, cfg.optim.batch_size, drop_last=True)
@@ -479,9 +491,7 @@ def finish(state: TrainState, run: Run, datasets: dict) -> dict:
     if run.info.main:
         out_dir = Path(cfg.output_dir)
         atomic_write_json(out_dir / "metrics.json", metrics)
-        export = out_dir / "model"  # experts by reference when they have a source
-        save_pretrained(state.model, export, full=not state.model.expert_sources)
-        atomic_write_text(export / "classes.json", json.dumps(run.dataset.class_names))
+        export_model(state.model, out_dir / "model", run.dataset.class_names)  # class names; experts of local files
         _summary(state.history)
     barrier(run.info)
     return metrics

@@ -10,7 +10,6 @@ ONNX / pt2 model (`cast_video.deploy.runtime`). What the input must look like co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,11 +23,6 @@ from ..errors import ConfigError
 from ..models import CAST
 from ..precision import prepare
 from .loop import predict_views
-
-
-def load_class_names(model_dir: str | Path) -> dict[str, list[str]]:
-    path = Path(model_dir) / "classes.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _top(probs: torch.Tensor, names: list[str] | None, k: int) -> list[dict]:

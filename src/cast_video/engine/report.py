@@ -16,8 +16,15 @@ def write_outputs(out_dir: str | Path, metrics: dict, results: dict, class_names
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json", out / "predictions.json"]
     written[0].write_text(json.dumps(metrics, indent=2))
+    names = class_names or {}
+
+    def name(task: str, label: int) -> str:
+        return names[task][label] if label < len(names.get(task, [])) else str(label)
+
     rows = [{"id": vid, **{t: results["scores"][t][i].round(6).tolist() for t in results["scores"]},
-             **{f"{t}_label": int(results["labels"][t][i]) for t in results["labels"]}}
+             **{f"{t}_predicted": name(t, int(results["scores"][t][i].argmax())) for t in results["scores"]},
+             **{f"{t}_label": int(results["labels"][t][i]) for t in results["labels"]},
+             **{f"{t}_label_name": name(t, int(results["labels"][t][i])) for t in results["labels"]}}
             for i, vid in enumerate(results["id"])]
     written[1].write_text(json.dumps(rows))
     if {"verb", "noun"} <= set(results["scores"]):

@@ -34,17 +34,21 @@ def member_key(head: str, member: str) -> str:
 @dataclass
 class HeadConfig:
     """One classification task. `source` picks the feature: the spatial expert's mean class token,
-    the temporal expert's pooled tokens, or their fusion (eq. 6)."""
+    the temporal expert's pooled tokens, or their fusion (eq. 6). `labels` names the classes by id
+    (transformers' `id2label`), so a saved model says what it predicts; empty when unknown."""
 
     name: str
     num_classes: int
     source: str = "fused"
+    labels: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.source not in HEAD_SOURCES:
             raise ValueError(f"head {self.name!r}: source must be one of {HEAD_SOURCES}, got {self.source!r}")
         if self.num_classes < 1:
             raise ValueError(f"head {self.name!r}: num_classes must be positive, got {self.num_classes}")
+        if self.labels and len(self.labels) != self.num_classes:
+            raise ValueError(f"head {self.name!r}: {len(self.labels)} labels for {self.num_classes} classes")
 
 
 @dataclass
