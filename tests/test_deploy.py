@@ -1,6 +1,7 @@
 """Export (ONNX, pt2) against eager PyTorch on real clips, hostile pt2 archives, and `predict` on an
 exported file. The web app is tested in test_serve.py."""
 
+import dataclasses
 import io
 import json
 import pickle
@@ -29,8 +30,10 @@ def tiny_model_dir(folder: Path, overrides: dict | None = None, names: dict | No
     with torch.no_grad():
         for p in model.heads.parameters():
             p.mul_(40)
+    names = names if names is not None else {"verb": VERBS, "noun": NOUNS}
+    model.config = dataclasses.replace(model.config, heads=[dataclasses.replace(h, labels=names.get(h.name, []))
+                                                            for h in model.config.heads])  # names in config.json
     save_pretrained(model, folder, full=True)
-    (folder / "classes.json").write_text(json.dumps(names if names is not None else {"verb": VERBS, "noun": NOUNS}))
     return folder
 
 

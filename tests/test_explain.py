@@ -1,5 +1,6 @@
 """`cast-video explain` and `cast-video features` on a tiny saved model and real mp4 files."""
 
+import dataclasses
 import json
 
 import pytest
@@ -25,9 +26,10 @@ def tiny_dir(tmp_path_factory):
         for _, p in model.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
     out = tmp_path_factory.mktemp("explain") / "model"
-    save_pretrained(model, out, full=True)
     names = {"verb": [f"verb{i}" for i in range(8)], "noun": [f"noun{i}" for i in range(10)]}
-    (out / "classes.json").write_text(json.dumps(names))
+    model.config = dataclasses.replace(model.config, heads=[dataclasses.replace(h, labels=names[h.name])
+                                                            for h in model.config.heads])  # names in config.json
+    save_pretrained(model, out, full=True)
     return out
 
 

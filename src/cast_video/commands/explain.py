@@ -20,11 +20,11 @@ def register(sub) -> None:
 def run(args) -> int:
     from ..engine.explain import explain_clip
     from ..engine.explain_page import write_explanation
-    from ..engine.predict import load_class_names
+    from ..engine.rundir import head_labels, resolve_model_dir
     from ..weights import from_pretrained
 
-    model = from_pretrained(args.model)
-    exp = explain_clip(model, args.video, load_class_names(args.model), args.clip_at, args.clip_len, args.target,
+    model = from_pretrained(resolve_model_dir(args.model))
+    exp = explain_clip(model, args.video, head_labels(model.config), args.clip_at, args.clip_len, args.target,
                        args.topk, args.device)
     for head, rows in exp.top.items():
         print(f"{head}: " + ", ".join(f"{r['name']} {r['score']:.3f}" for r in rows))

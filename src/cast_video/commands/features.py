@@ -24,14 +24,14 @@ def run(args) -> int:
 
     from ..engine.distributed import init_distributed
     from ..engine.features import FeatureOptions, extract_features
-    from ..engine.predict import load_class_names
+    from ..engine.rundir import head_labels, resolve_model_dir
     from ..weights import from_pretrained
 
     options = FeatureOptions(clips=args.clips, crops=args.crops, per_clip=args.per_clip, window=args.window,
                              stride=args.stride, batch_size=args.batch_size)
     info = init_distributed(torch.device(args.device))
-    model = from_pretrained(args.model)
-    summary = extract_features(model, args.inputs, args.out, options, load_class_names(args.model), args.device,
+    model = from_pretrained(resolve_model_dir(args.model))
+    summary = extract_features(model, args.inputs, args.out, options, head_labels(model.config), args.device,
                                info, progress=not args.no_progress)
     if info.main:
         for bad in summary["failed"]:

@@ -131,8 +131,7 @@ def load_model(source: str | Path) -> tuple[nn.Module, Contract]:
     """A model directory (save_pretrained / train), a hub id, or an exported .onnx / .pt2 file."""
     if Path(source).suffix in EXPORTED_SUFFIXES:
         return load_exported(source)
-    from ..engine.predict import load_class_names
     from ..weights import from_pretrained
 
     model = from_pretrained(source)
-    return model, Contract.of_model(model, load_class_names(source) if Path(source).is_dir() else {})
+    return model, Contract.of_model(model)
