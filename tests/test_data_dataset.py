@@ -46,6 +46,24 @@ def test_epic_training_clip_takes_one_frame_per_segment(epic_dir):
     assert not train[1]["video"].equal(item["video"])
 
 
+@pytest.mark.parametrize("sampling", ["segment", "official_segment"])
+def test_the_sampling_option_picks_the_rule(tmp_path, count_video, sampling):
+    """A whole 60-frame video, 8 frames: the official rule draws from segments of 7 frames over frames
+    0..55; ours from segments of 7.5 frames over all 60."""
+    (tmp_path / "a.mp4").write_bytes(count_video.read_bytes())
+    (tmp_path / "list.txt").write_text("a.mp4 0\n")
+    ds = build_dataset(DataConfig(root=str(tmp_path), train=str(tmp_path / "list.txt"), num_frames=8, input_size=16,
+                                  sampling=sampling), "train")
+    last = set()
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        ids = clip_ids(ds[0]["video"])
+        width = 7 if sampling == "official_segment" else 7.5
+        assert all(int(width * k) <= i < width * (k + 1) for k, i in enumerate(ids)), ids
+        last.add(ids[-1])
+    assert (max(last) >= 56) == (sampling == "segment")
+
+
 def test_epic_multiview_test_clips_are_segment_starts_and_centres(epic_dir):
     val = build_dataset(epic_cfg(epic_dir), "val")
     video = val[0]["video"]  # frames 0..31, segments of 4
@@ -111,6 +129,42 @@ def test_unreadable_videos_are_replaced_reported_and_counted(epic_dir, tmp_path,
     assert batch["skipped"] == first["skipped"] + fourth["skipped"]
     with pytest.raises(VideoReadError, match="P01_02.MP4"):
         build_dataset(epic_cfg(epic_dir, on_bad_video="raise"), "val")[3]
+
+
+def expected_replacements(index: int, bad: set[int], n: int, seed: int, epoch: int) -> tuple[list[int], int]:
+    """The documented rule, by hand: after the k-th failure in a row, the replacement is the failing
+    position + 1 + a draw in [0, n - 2] of default_rng((seed, epoch, index, k)), modulo n, which is
+    never the failing position."""
+    failed, current = [], index
+    while current in bad:
+        failed.append(current)
+        draw = int(np.random.default_rng((seed, epoch, index, len(failed))).integers(n - 1))
+        current = (current + 1 + draw) % n
+    return failed, current
+
+
+def test_bad_video_replacement_sequence_for_a_fixed_seed(tmp_path, count_video):
+    """7 entries, 4 of them missing files: the files each sample tried, in order, and the one it returns
+    are those of the rule, for several seeds and epochs; a failing position never replaces itself."""
+    n, bad = 7, {1, 2, 4, 5}
+    for i in range(n):
+        if i not in bad:
+            (tmp_path / f"v{i}.mp4").write_bytes(count_video.read_bytes())
+    (tmp_path / "list.txt").write_text("".join(f"v{i}.mp4 {i}\n" for i in range(n)))
+    cfg = DataConfig(root=str(tmp_path), train=str(tmp_path / "list.txt"), num_frames=4, input_size=16, max_failures=50)
+    chains = set()
+    for seed in (0, 3):
+        ds = build_dataset(cfg, "train", seed=seed)
+        for epoch in (0, 1):
+            ds.set_epoch(epoch)
+            for index in sorted(bad):
+                item = ds[index]
+                failed, final = expected_replacements(index, bad, n, seed, epoch)
+                assert [s.split(":")[0] for s in item["skipped"]] == [str(tmp_path / f"v{i}.mp4") for i in failed]
+                assert item["index"] == final and item["labels"] == {"action": final} and final not in bad
+                assert all(a != b for a, b in zip(failed, [*failed[1:], final], strict=True))  # never by itself
+                chains.add(tuple(failed))
+    assert len(chains) > 4 and any(len(c) > 1 for c in chains)  # the draws vary; some chains fail twice
 
 
 def test_too_many_failures_in_a_row_stop(tmp_path):

@@ -38,7 +38,7 @@ from .annotations import (
     validate,
 )
 from .config import DataConfig
-from .sampling import dense_indices, segment_indices
+from .sampling import dense_indices, official_segment_indices, segment_indices
 from .video import FrameFolderBackend, VideoReadError, get_backend, read_frames, video_info
 
 log = logging.getLogger(__name__)
@@ -207,8 +207,9 @@ class VideoDataset(Dataset):
 
     def _indices(self, length: int, rng, view: int, views: int) -> tuple[list[int], bool]:
         cfg = self.cfg
-        if cfg.sampling == "segment":
-            idx, _ = segment_indices(length, cfg.num_frames, self.train, rng, view, views)
+        if cfg.sampling in ("segment", "official_segment"):
+            rule = segment_indices if cfg.sampling == "segment" else official_segment_indices
+            idx, _ = rule(length, cfg.num_frames, self.train, rng, view, views)
             return idx, length < cfg.num_frames
         idx, padded = dense_indices(length, cfg.num_frames, cfg.frame_stride, self.train, rng, view, views)
         return idx, padded > 0
