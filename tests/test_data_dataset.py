@@ -1,13 +1,17 @@
 """The dataset on real files: decoded frames are the ones the sampling asked for, bad files never stop it."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import COUNT_STEP, full_decode, write_count_video
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from cast_video.data import DataConfig, VideoReadError, build_dataset, collate
+from cast_video.data.dataset import _resize, decode_threads
 from cast_video.data.dataset import test_crops as make_test_crops
 
 
@@ -198,3 +202,30 @@ def test_test_crops_cover_the_long_side():
     left, centre, right = (c[0].float().mean().item() for c in crops)
     assert left < centre < right
     assert make_test_crops(frames, 10, 10, 1)[0].equal(crops[1])
+
+
+@pytest.mark.parametrize("src, dst", [((90, 160), (32, 32)), ((37, 23), (16, 16)), ((12, 20), (30, 40))])
+def test_uint8_resize_matches_the_float_resize(src, dst):
+    """The worker resizes uint8 frames with PyTorch's uint8 kernel; the float resize of the same frames,
+    rounded, differs by at most one grey level (downscaling with antialias, and upscaling)."""
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (3, *src, 3), generator=g, dtype=torch.uint8)  # (T, H, W, 3) as decoded
+    out = _resize(frames, dst)
+    assert out.shape == (3, 3, *dst) and out.dtype == torch.uint8  # (3, T, h, w)
+    ref = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=dst, mode="bilinear", antialias=True,
+                        align_corners=False).round().clamp(0, 255).permute(1, 0, 2, 3)
+    assert (out.float() - ref).abs().max() <= 1 and (out.float() - ref).abs().mean() < 0.5
+
+
+def test_decoder_threads_split_the_cores_between_workers_and_ranks(monkeypatch, epic_dir):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert decode_threads() == cores and decode_threads(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores + 1))
+    assert decode_threads() == 1  # never 0: FFmpeg would take every core
+    monkeypatch.setattr("cast_video.data.dataset.get_worker_info", lambda: type("W", (), {"num_workers": 2})())
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert decode_threads() == max(1, cores // 2)
+    ds = build_dataset(epic_cfg(epic_dir), "train")
+    ds[0]
+    assert ds.video_backend.threads == max(1, cores // 2)  # set on the first read in this process

@@ -35,6 +35,7 @@ class DataConfig:
     use_timestamps: bool = False  # EPIC: segments from start/stop_timestamp instead of start/stop_frame
     check_files: bool = False  # every annotated file must exist (checked once, before training)
     backend: str | None = None  # video decoder: pyav (default), decord, torchcodec
+    decode_threads: int = 0  # per loader worker; 0: the node's cores / (workers x processes on the node)
     # temporal sampling
     num_frames: int = 16  # frames per clip (2T: the temporal expert's tubelets are 2 frames)
     sampling: str = "segment"  # "segment" (SSV2, EK100), "official_segment" (the official code's) or "dense" (K400)
