@@ -1,13 +1,17 @@
 """The dataset on real files: decoded frames are the ones the sampling asked for, bad files never stop it."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import COUNT_STEP, full_decode, write_count_video
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from cast_video.data import DataConfig, VideoReadError, build_dataset, collate
+from cast_video.data.dataset import _resize, decode_threads
 from cast_video.data.dataset import test_crops as make_test_crops
 
 
@@ -44,6 +48,24 @@ def test_epic_training_clip_takes_one_frame_per_segment(epic_dir):
     assert train[1]["video"].equal(item["video"])  # deterministic for (seed, epoch, index)
     train.set_epoch(1)
     assert not train[1]["video"].equal(item["video"])
+
+
+@pytest.mark.parametrize("sampling", ["segment", "official_segment"])
+def test_the_sampling_option_picks_the_rule(tmp_path, count_video, sampling):
+    """A whole 60-frame video, 8 frames: the official rule draws from segments of 7 frames over frames
+    0..55; ours from segments of 7.5 frames over all 60."""
+    (tmp_path / "a.mp4").write_bytes(count_video.read_bytes())
+    (tmp_path / "list.txt").write_text("a.mp4 0\n")
+    ds = build_dataset(DataConfig(root=str(tmp_path), train=str(tmp_path / "list.txt"), num_frames=8, input_size=16,
+                                  sampling=sampling), "train")
+    last = set()
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        ids = clip_ids(ds[0]["video"])
+        width = 7 if sampling == "official_segment" else 7.5
+        assert all(int(width * k) <= i < width * (k + 1) for k, i in enumerate(ids)), ids
+        last.add(ids[-1])
+    assert (max(last) >= 56) == (sampling == "segment")
 
 
 def test_epic_multiview_test_clips_are_segment_starts_and_centres(epic_dir):
@@ -113,6 +135,42 @@ def test_unreadable_videos_are_replaced_reported_and_counted(epic_dir, tmp_path,
         build_dataset(epic_cfg(epic_dir, on_bad_video="raise"), "val")[3]
 
 
+def expected_replacements(index: int, bad: set[int], n: int, seed: int, epoch: int) -> tuple[list[int], int]:
+    """The documented rule, by hand: after the k-th failure in a row, the replacement is the failing
+    position + 1 + a draw in [0, n - 2] of default_rng((seed, epoch, index, k)), modulo n, which is
+    never the failing position."""
+    failed, current = [], index
+    while current in bad:
+        failed.append(current)
+        draw = int(np.random.default_rng((seed, epoch, index, len(failed))).integers(n - 1))
+        current = (current + 1 + draw) % n
+    return failed, current
+
+
+def test_bad_video_replacement_sequence_for_a_fixed_seed(tmp_path, count_video):
+    """7 entries, 4 of them missing files: the files each sample tried, in order, and the one it returns
+    are those of the rule, for several seeds and epochs; a failing position never replaces itself."""
+    n, bad = 7, {1, 2, 4, 5}
+    for i in range(n):
+        if i not in bad:
+            (tmp_path / f"v{i}.mp4").write_bytes(count_video.read_bytes())
+    (tmp_path / "list.txt").write_text("".join(f"v{i}.mp4 {i}\n" for i in range(n)))
+    cfg = DataConfig(root=str(tmp_path), train=str(tmp_path / "list.txt"), num_frames=4, input_size=16, max_failures=50)
+    chains = set()
+    for seed in (0, 3):
+        ds = build_dataset(cfg, "train", seed=seed)
+        for epoch in (0, 1):
+            ds.set_epoch(epoch)
+            for index in sorted(bad):
+                item = ds[index]
+                failed, final = expected_replacements(index, bad, n, seed, epoch)
+                assert [s.split(":")[0] for s in item["skipped"]] == [str(tmp_path / f"v{i}.mp4") for i in failed]
+                assert item["index"] == final and item["labels"] == {"action": final} and final not in bad
+                assert all(a != b for a, b in zip(failed, [*failed[1:], final], strict=True))  # never by itself
+                chains.add(tuple(failed))
+    assert len(chains) > 4 and any(len(c) > 1 for c in chains)  # the draws vary; some chains fail twice
+
+
 def test_too_many_failures_in_a_row_stop(tmp_path):
     (tmp_path / "list.txt").write_text("".join(f"missing{i}.mp4 0\n" for i in range(5)))
     ds = build_dataset(DataConfig(root=str(tmp_path), train=str(tmp_path / "list.txt"), max_failures=3), "train")
@@ -144,3 +202,30 @@ def test_test_crops_cover_the_long_side():
     left, centre, right = (c[0].float().mean().item() for c in crops)
     assert left < centre < right
     assert make_test_crops(frames, 10, 10, 1)[0].equal(crops[1])
+
+
+@pytest.mark.parametrize("src, dst", [((90, 160), (32, 32)), ((37, 23), (16, 16)), ((12, 20), (30, 40))])
+def test_uint8_resize_matches_the_float_resize(src, dst):
+    """The worker resizes uint8 frames with PyTorch's uint8 kernel; the float resize of the same frames,
+    rounded, differs by at most one grey level (downscaling with antialias, and upscaling)."""
+    g = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (3, *src, 3), generator=g, dtype=torch.uint8)  # (T, H, W, 3) as decoded
+    out = _resize(frames, dst)
+    assert out.shape == (3, 3, *dst) and out.dtype == torch.uint8  # (3, T, h, w)
+    ref = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=dst, mode="bilinear", antialias=True,
+                        align_corners=False).round().clamp(0, 255).permute(1, 0, 2, 3)
+    assert (out.float() - ref).abs().max() <= 1 and (out.float() - ref).abs().mean() < 0.5
+
+
+def test_decoder_threads_split_the_cores_between_workers_and_ranks(monkeypatch, epic_dir):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert decode_threads() == cores and decode_threads(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores + 1))
+    assert decode_threads() == 1  # never 0: FFmpeg would take every core
+    monkeypatch.setattr("cast_video.data.dataset.get_worker_info", lambda: type("W", (), {"num_workers": 2})())
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert decode_threads() == max(1, cores // 2)
+    ds = build_dataset(epic_cfg(epic_dir), "train")
+    ds[0]
+    assert ds.video_backend.threads == max(1, cores // 2)  # set on the first read in this process

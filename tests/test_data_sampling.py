@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cast_video.data.sampling import dense_indices, segment_indices
+from cast_video.data.sampling import dense_indices, official_segment_indices, segment_indices
 
 
 def test_segment_sampling_training_takes_one_frame_per_segment():
@@ -56,3 +56,32 @@ def test_sampling_edges_pinned_by_mutation_testing():
     idx, padded = dense_indices(32, 16, 4, False)
     assert idx == [0, 4, 8, 12, 16, 20, 24, 28] + [31] * 8 and padded == 8  # 32..60 are past frame 31
     assert all(type(i) is int for i in idx)
+
+
+def test_official_segment_sampling_by_hand():
+    """The official code: segments of floor(L / n) whole frames over the first n * floor(L / n) frames,
+    frame 0 everywhere for an action shorter than the clip; at test, the float segments' starts and
+    centres."""
+    rng = np.random.default_rng(0)
+    seen = [set() for _ in range(8)]
+    for _ in range(200):
+        idx, padded = official_segment_indices(37, 8, True, rng)  # segments of 4: frames 0..31, never 32..36
+        assert padded == 0
+        for k, i in enumerate(idx):
+            seen[k].add(i)
+    assert seen == [{4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3} for k in range(8)]
+    assert official_segment_indices(5, 8, True, rng)[0] == [0] * 8  # short: frame 0, not spread
+    assert official_segment_indices(8, 8, True, rng)[0] == list(range(8))  # segments of one frame
+    assert {tuple(official_segment_indices(17, 8, True, rng)[0]) for _ in range(100)} <= {
+        tuple(2 * k + b for k, b in enumerate(bits)) for bits in np.ndindex(*(2,) * 8)}
+    # test views of a 37-frame action: tick 4.625; starts int(4.625 k), centres int(2.3125 + 4.625 k)
+    assert official_segment_indices(37, 8, False, view=0, num_views=2)[0] == [0, 4, 9, 13, 18, 23, 27, 32]
+    assert official_segment_indices(37, 8, False, view=1, num_views=2)[0] == [2, 6, 11, 16, 20, 25, 30, 34]
+
+
+def test_our_segment_sampling_reaches_the_end_of_the_action():
+    """Ours spreads float segments over all L frames: the last frames, which the official rule never
+    draws, are drawn too."""
+    rng = np.random.default_rng(1)
+    last = {segment_indices(37, 8, True, rng)[0][-1] for _ in range(200)}
+    assert last == {32, 33, 34, 35, 36}  # the 8th segment is [32.375, 37)

@@ -255,3 +255,24 @@ def test_data_check_lists_counts_and_bad_files(tmp_path, ek_data, capsys):
     assert "9 samples in train, 1 unreadable" in out and "P01_09.MP4" in out
     verbs = [int(r.split(",")[-2]) for r in rows[1:]] + [0]
     assert f"{0:>5} {'':<30} {verbs.count(0):>7}" in out
+
+
+def test_two_processes_equal_one_with_augmentation_on(tmp_path, ek_data):
+    """Flip, RandAugment, colour jitter, erasing, mixup and cutmix keyed by the sample (data/augment.py):
+    2 processes x batch 2 train the weights of 1 process x batch 4 (drop path off: its masks are drawn
+    per process)."""
+    on = {"data.rand_augment": "rand-m7-n2-mstd0.5", "data.color_jitter_with_rand_augment": True,
+          "data.flip": True, "data.random_erasing": 0.5, "data.mixup": 0.8, "data.cutmix": 1.0,
+          "data.switch_prob": 0.5, "data.mix_prob": 1.0, "model.overrides": {"drop_path": 0.0},
+          "optim.epochs": 1, "save_every_steps": 0}
+    one = tiny_config(ek_data, tmp_path / "one", **{**on, "optim.batch_size": 4})
+    train(one, progress=False)
+    two = tiny_config(ek_data, tmp_path / "two", **{**on, "optim.batch_size": 2})
+    config = _write_yaml(tmp_path / "two.yaml", to_dict(two))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29633",
+                    "-m", "cast_video", "train", str(config), "--no-progress"], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=240)
+    a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)

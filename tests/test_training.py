@@ -311,7 +311,7 @@ from cast_video.engine import loop
 loss = loop.ClassificationTask.loss
 def nan_on_rank_1(self, runner, batch, epoch, micro):
     value = loss(self, runner, batch, epoch, micro)
-    return value * float("nan") if self.rank == 1 and micro == 1 else value
+    return value * float("nan") if int(os.environ["RANK"]) == 1 and micro == 1 else value
 loop.ClassificationTask.loss = nan_on_rank_1
 sys.exit(cli.main(["train", sys.argv[1], "--no-progress"]))
 """

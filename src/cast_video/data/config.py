@@ -36,9 +36,10 @@ class DataConfig:
     use_timestamps: bool = False  # EPIC: segments from start/stop_timestamp instead of start/stop_frame
     check_files: bool = False  # every annotated file must exist (checked once, before training)
     backend: str | None = None  # video decoder: pyav (default), decord, torchcodec
+    decode_threads: int = 0  # per loader worker; 0: the node's cores / (workers x processes on the node)
     # temporal sampling
     num_frames: int = 16  # frames per clip (2T: the temporal expert's tubelets are 2 frames)
-    sampling: str = "segment"  # "segment" (SSV2, EK100) or "dense" (K400)
+    sampling: str = "segment"  # "segment" (SSV2, EK100), "official_segment" (the official code's) or "dense" (K400)
     frame_stride: int = 4  # dense sampling stride
     test_clips: int = 2  # temporal views at test
     test_crops: int = 3  # spatial views at test (1 = centre crop)
@@ -68,8 +69,8 @@ class DataConfig:
     def __post_init__(self):
         if self.format not in FORMATS:
             raise ValueError(f"data format must be one of {FORMATS}, got {self.format!r}")
-        if self.sampling not in ("segment", "dense"):
-            raise ValueError(f"sampling must be 'segment' or 'dense', got {self.sampling!r}")
+        if self.sampling not in ("segment", "official_segment", "dense"):
+            raise ValueError(f"sampling must be 'segment', 'official_segment' or 'dense', got {self.sampling!r}")
         if self.test_crops not in (1, 3):
             raise ValueError(f"test_crops must be 1 or 3, got {self.test_crops}")
         if self.norm not in PIXEL_STATS:

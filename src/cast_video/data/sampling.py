@@ -1,4 +1,5 @@
-"""Which frames make a clip: segment sampling (TSN; SSV2 and EK100) and dense sampling (K400).
+"""Which frames make a clip: segment sampling (TSN; SSV2 and EK100), the official CAST code's variant of
+it (`official_segment`), and dense sampling (K400).
 
 Indices are relative to the action's first frame. Both return `(indices, padded)`, where `padded`
 counts positions that repeat the last frame because the action is shorter than the dense window.
@@ -24,6 +25,20 @@ def segment_indices(length: int, num_frames: int, train: bool, rng: np.random.Ge
     idx = np.floor(seg * (np.arange(num_frames) + offsets)).astype(int)
     clipped = np.minimum(idx, length - 1)
     return clipped.tolist(), int((idx > length - 1).sum())
+
+
+def official_segment_indices(length: int, num_frames: int, train: bool, rng: np.random.Generator | None = None,
+                             view: int = 0, num_views: int = 1) -> tuple[list[int], int]:
+    """The official code's training rule: segments of floor(length / num_frames) whole frames, so only
+    the first num_frames * floor(length / num_frames) frames are ever drawn, and frame 0 for every
+    position when the action is shorter than the clip. At test it is `segment_indices` (the official
+    test views are the segment starts and centres of float segments, as ours)."""
+    if not train:
+        return segment_indices(length, num_frames, False, view=view, num_views=num_views)
+    seg = length // num_frames
+    if seg == 0:
+        return [0] * num_frames, 0
+    return (seg * np.arange(num_frames) + rng.integers(0, seg, num_frames)).tolist(), 0
 
 
 def dense_indices(length: int, num_frames: int, stride: int, train: bool, rng: np.random.Generator | None = None,

@@ -55,11 +55,12 @@ def _frame_index(frame: av.VideoFrame, stream, fps: float) -> int:
 class PyAVBackend:
     """Seek-and-decode with PyAV. `seek_gap`: a gap of more frames than this between two wanted
     frames is crossed by seeking instead of decoding through it (a GOP is rarely over 300 frames,
-    so decoding 96 frames is about what a seek costs)."""
+    so decoding 96 frames is about what a seek costs). `threads`: FFmpeg's decoder threads (0: its
+    own choice, all cores; the dataset sets it per loader worker, see `dataset.decode_threads`)."""
 
     name = "pyav"
 
-    def __init__(self, seek_gap: int = 96, threads: bool = True):
+    def __init__(self, seek_gap: int = 96, threads: int = 0):
         self.seek_gap = seek_gap
         self.threads = threads
         self.frames_decoded = 0  # a running count, for benchmarks and tests of the seeking
@@ -73,7 +74,8 @@ class PyAVBackend:
             container.close()
             raise VideoReadError(f"{path}: no video stream")
         stream = container.streams.video[0]
-        if self.threads:
+        stream.thread_count = self.threads  # 1 must be said: FFmpeg's default (0) takes every core
+        if self.threads != 1:
             stream.thread_type = "AUTO"
         return container, stream
 
@@ -266,10 +268,10 @@ class DecordBackend:
 
     name = "decord"
 
-    def __init__(self):
+    def __init__(self, threads: int = 1):
         import decord
 
-        self._decord = decord
+        self._decord, self.threads = decord, threads
 
     def info(self, path: str, exact: bool = False) -> VideoInfo:
         try:
@@ -281,7 +283,7 @@ class DecordBackend:
 
     def read(self, path: str, indices: list[int]) -> np.ndarray:
         try:
-            return self._decord.VideoReader(path, num_threads=1).get_batch(indices).asnumpy()
+            return self._decord.VideoReader(path, num_threads=self.threads).get_batch(indices).asnumpy()
         except (RuntimeError, IndexError) as err:
             raise VideoReadError(f"{path}: {err}") from err
 
@@ -291,10 +293,13 @@ class TorchCodecBackend:
 
     name = "torchcodec"
 
-    def __init__(self):
-        from torchcodec.decoders import VideoDecoder
-
-        self._decoder = VideoDecoder
+    def __init__(self, threads: int = 1):
+        try:
+            from torchcodec.decoders import VideoDecoder
+        except (OSError, RuntimeError) as err:  # installed, but the system FFmpeg libraries are missing
+            raise ConfigError(f"video backend 'torchcodec' cannot load the system FFmpeg libraries "
+                              f"(apt-get install ffmpeg): {str(err).splitlines()[0]}") from err
+        self._decoder, self.threads = VideoDecoder, threads
 
     def info(self, path: str, exact: bool = False) -> VideoInfo:
         try:
@@ -305,7 +310,7 @@ class TorchCodecBackend:
 
     def read(self, path: str, indices: list[int]) -> np.ndarray:
         try:
-            batch = self._decoder(path, dimension_order="NHWC").get_frames_at(indices)
+            batch = self._decoder(path, dimension_order="NHWC", num_ffmpeg_threads=self.threads).get_frames_at(indices)
         except (RuntimeError, IndexError, ValueError) as err:
             raise VideoReadError(f"{path}: {err}") from err
         return batch.data.numpy()

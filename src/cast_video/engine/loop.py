@@ -17,7 +17,6 @@ are gathered over ranks and read once, at the end of the group (one read per opt
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -136,25 +135,16 @@ class ClassificationTask(nn.Module):
     """CAST fine-tuning: the batched augmentation on the device, the model, and the soft cross-entropy
     of every trained output (`CASTConfig.trained_outputs`) against its head's targets, summed."""
 
-    def __init__(self, augment: nn.Module, trained: dict[str, str], precision: str, device: torch.device,
-                 seed: int, rank: int):
+    def __init__(self, augment: nn.Module, trained: dict[str, str], precision: str, device: torch.device):
         super().__init__()
         self.augment, self.trained, self.precision, self.device = augment, trained, precision, device
-        self.seed, self.rank = seed, rank
-        # The data layer's augmentation keys its draws by sample (`keys=`, `epoch=`); an older one takes a
-        # generator, seeded here by (seed, rank, micro-batch).
-        self.keyed = "keys" in inspect.signature(augment.forward).parameters
-
-    def _augment(self, video: torch.Tensor, labels: dict, batch: dict, epoch: int, micro: int):
-        if self.keyed:
-            return self.augment(video, labels, keys=batch["index"].to(self.device, non_blocking=True), epoch=epoch)
-        g = torch.Generator(device=self.device).manual_seed(stream_seed(self.seed, self.rank, micro))
-        return self.augment(video, labels, generator=g)
 
     def loss(self, runner: nn.Module, batch: dict, epoch: int, micro: int) -> torch.Tensor:
         video = batch["video"].to(self.device, non_blocking=True)
         labels = {t: y.to(self.device, non_blocking=True) for t, y in batch["labels"].items()}
-        x, targets = self._augment(video, labels, batch, epoch, micro)
+        # every augmentation draw keyed by (seed, epoch, dataset index): N processes augment as one
+        keys = batch["index"].to(self.device, non_blocking=True)
+        x, targets = self.augment(video, labels, keys=keys, epoch=epoch)
         with autocast(self.precision, self.device):
             outputs = runner(x)
             return sum(soft_cross_entropy(outputs[key], targets[head]) for key, head in self.trained.items())
@@ -430,7 +420,7 @@ def setup(cfg: TrainConfig, progress: bool, given: dict) -> tuple[Run, TrainStat
     heads = {h.name: h.num_classes for h in model.config.heads}
     train_set, val_set = _datasets(cfg, given, heads, info.main)
     check_run(cfg, model.config, len(train_set), info.world)  # shapes and batch, before the first step
-    augment = build_gpu_augment(cfg.data, heads).to(device)
+    augment = build_gpu_augment(cfg.data, heads, seed=cfg.seed).to(device)
     sampler = ResumableSampler(len(train_set), cfg.optim.batch_size, info, seed=cfg.seed)
     loader = _loader(train_set, cfg, sampler, device, cfg.optim.batch_size, drop_last=True)
     steps_per_epoch = math.ceil(sampler.num_batches / cfg.optim.update_freq)
@@ -438,7 +428,7 @@ def setup(cfg: TrainConfig, progress: bool, given: dict) -> tuple[Run, TrainStat
                        torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
                        build_schedule(cfg, info.world, steps_per_epoch))
     runner, evaluator = _runners(model, cfg, info, device)
-    task = ClassificationTask(augment, model.config.trained_outputs(), cfg.precision, device, cfg.seed, info.rank)
+    task = ClassificationTask(augment, model.config.trained_outputs(), cfg.precision, device)
     run = Run(cfg, info, device, runner, evaluator, task, train_set, sampler, loader,
               CheckpointManager(out_dir, cfg.keep_last), progress, val_set, owns_group=owns_group and info.world > 1)
     if val_set is not None:
