@@ -184,7 +184,7 @@ def test_eval_checkpoint_refuses_hostile_pickles(tmp_path, hostile, capsys):
     """`cast-video eval --checkpoint FILE`: a training checkpoint someone sent runs no code either."""
     marker, files = hostile
     config = tmp_path / "run.yaml"
-    config.write_text("model:\n  preset: cast_tiny\n")
+    config.write_text("model:\n  preset: cast_tiny\ndata:\n  val: never-read.csv\n")  # refused before any data
     for kind in ("zip", "legacy", "pickle"):
         line = _one_line_error(capsys, main(["eval", str(config), "--checkpoint", str(files[kind])]), "eval",
                                files[kind], log_lines=True)
