@@ -471,7 +471,8 @@ def setup(cfg: TrainConfig, progress: bool, given: dict, recipe: Recipe | None =
     sampler = ResumableSampler(len(train_set), cfg.optim.batch_size, info, seed=cfg.seed)
     loader = _loader(train_set, cfg, sampler, device, cfg.optim.batch_size, drop_last=True)
     steps_per_epoch = math.ceil(sampler.num_batches / cfg.optim.update_freq)
-    state = TrainState(model, build_optimizer(recipe.param_groups(model, cfg), cfg.optim, fused=device.type == "cuda"),
+    state = TrainState(model, build_optimizer(model, cfg.optim, device.type == "cuda",
+                                                recipe.param_groups(model, cfg)),
                        torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
                        build_schedule(cfg, info.world, steps_per_epoch))
     runner, evaluator = _runners(model, cfg, info, device)
