@@ -9,7 +9,14 @@ from cast_video.config_utils import ConfigError, load_yaml
 from cast_video.data import DataConfig
 from cast_video.models import CAST, preset_config
 from cast_video.models.experts import ExpertConfig
-from cast_video.pretrain import MaskedVideoAutoencoder, PretrainConfig, load_expert_state, pretrain, tube_mask
+from cast_video.pretrain import (
+    MaskedVideoAutoencoder,
+    PretrainConfig,
+    load_expert_state,
+    pretrain,
+    sample_tube_mask,
+    tube_mask,
+)
 
 
 def tiny_cfg(tmp_path, **kw) -> PretrainConfig:
@@ -140,3 +147,95 @@ def test_grad_checkpointing_in_pretraining_gives_the_same_gradients(tmp_path):
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-5, atol=1e-6, msg=n)
     assert kept[1] < 0.7 * kept[0]
+
+
+# --- on the engine: two processes, exact resume, precision -----------------------------------------
+def _expert(run_dir) -> dict[str, torch.Tensor]:
+    return load_expert_state(run_dir / "expert.safetensors")
+
+
+def test_sample_tube_masks_are_keyed_by_epoch_and_index():
+    """The mask of a clip depends on (seed, epoch, index) only: not on its batch neighbours or position."""
+    a = sample_tube_mask(torch.tensor([3, 5, 7]), epoch=1, seed=0, num_patches=16, ratio=0.75)
+    b = sample_tube_mask(torch.tensor([7, 3]), epoch=1, seed=0, num_patches=16, ratio=0.75)
+    assert torch.equal(a[0], b[1]) and torch.equal(a[2], b[0])
+    assert (a.sum(1) == 12).all()
+    assert not torch.equal(a[0], sample_tube_mask(torch.tensor([3]), epoch=2, seed=0, num_patches=16, ratio=0.75)[0])
+
+
+def test_two_processes_pretrain_as_one_with_the_same_global_batch(tmp_path):
+    """torchrun (gloo) with 2 processes of batch 2 gives the weights of 1 process of batch 4: masks and
+    crops are keyed per clip, DDP averages the gradients of equal-sized shards."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from cast_video.config_utils import to_dict
+    from cast_video.demo.synth import SynthConfig, write_moving_digits
+
+    root = Path(__file__).resolve().parents[1]
+    write_moving_digits(tmp_path / "d", SynthConfig(), {"train": 9, "validation": 1, "test": 1}, seed=0, progress=False)
+    data = DataConfig(format="unlabeled", train=str(tmp_path / "d" / "videos" / "P01"), sampling="segment", flip=False)
+    one = tiny_cfg(tmp_path, data=data, batch_size=4, output_dir=str(tmp_path / "one"), lr=0.2)
+    pretrain(one, progress=False)
+    two = tiny_cfg(tmp_path, data=data, batch_size=2, output_dir=str(tmp_path / "two"), lr=0.2)
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(to_dict(two)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             "--master_port=29651", "-m", "cast_video", "pretrain", str(tmp_path / "two.yaml"),
+                             "--no-progress"], env=env, cwd=root, capture_output=True, timeout=400)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    a, b = _expert(tmp_path / "one"), _expert(tmp_path / "two")
+    fresh = MaskedVideoAutoencoder(one).encoder.state_dict()  # seed 0's initial weights
+    assert any(not torch.allclose(a[k], fresh[k]) for k in a)  # training moved them
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    state = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 4 and len(state["rng"]) == 2  # 9 clips: 2 steps of 4 per epoch (the 9th dropped)
+
+
+def test_resumed_pretraining_is_bit_identical(tmp_path):
+    """Stopped mid-epoch 2 (a step checkpoint) and resumed from it: the same weights, bit for bit."""
+    data = _moving_dataset(16)  # 4 steps per epoch
+    extra = dict(epochs=2, batch_size=4, save_every_steps=1, keep_last=10)
+    full = pretrain(tiny_cfg(tmp_path, output_dir=str(tmp_path / "full"), **extra), dataset=data, progress=False)
+    source = tmp_path / "full" / "checkpoints" / "step_00000006.pt"
+    state = torch.load(source, weights_only=True)
+    assert (state["epoch"], state["batch"]) == (1, 2)
+    part = pretrain(tiny_cfg(tmp_path, output_dir=str(tmp_path / "part"), resume=str(source), **extra), dataset=data,
+                    progress=False)
+    a, b = _expert(tmp_path / "full"), _expert(tmp_path / "part")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert part["loss"] == full["loss"] and len(full["loss"]) == 2
+
+
+def test_precision_auto_is_resolved_and_its_autocast_entered(tmp_path, monkeypatch):
+    """`precision: auto` goes through the precision rule; the answer (bf16 here) is the autocast every
+    forward runs under, and the resolved value is what the checkpoint records."""
+    import cast_video.pretrain as pt
+
+    asked = []
+
+    def rule(requested, device, model_config=None):
+        asked.append((requested, torch.device(device).type))
+        return "bf16", "test"
+
+    monkeypatch.setattr(pt, "resolve_precision", rule)
+    seen = []
+    original = MaskedVideoAutoencoder.forward
+
+    def forward(self, video, mask):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return original(self, video, mask)
+
+    monkeypatch.setattr(MaskedVideoAutoencoder, "forward", forward)
+    cfg = tiny_cfg(tmp_path, epochs=1, batch_size=4, device="cpu", precision="auto")
+    result = pretrain(cfg, dataset=_moving_dataset(8), progress=False)
+    assert asked == [("auto", "cpu")]
+    assert seen == [(True, torch.bfloat16)] * 2
+    assert np.isfinite(result["loss"]).all()
+    assert torch.load(result["checkpoint"], weights_only=True)["config"]["precision"] == "bf16"

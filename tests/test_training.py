@@ -207,12 +207,12 @@ def test_a_malicious_checkpoint_runs_no_code_through_eval_train_or_pretrain(tmp_
         last = capsys.readouterr().err.strip().splitlines()[-1]
         assert last.startswith(f"cast-video {command[0]}: error: {evil}: ") and "weights_only" in last
     pretrain_dir = tmp_path / "pretrain"
-    pretrain_dir.mkdir()
-    torch.save({"model": {}, "epoch": _Payload(marker)}, pretrain_dir / "checkpoint.pt")
+    (pretrain_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"model": {}, "epoch": _Payload(marker)}, pretrain_dir / "checkpoints" / "last.pt")
     pcfg = PretrainConfig(expert=ExpertConfig(arch="videomae", width=32, depth=1, heads=4, patch_size=8), num_frames=4,
                           img_size=16, decoder_width=32, decoder_depth=1, decoder_heads=4,
-                          output_dir=str(pretrain_dir), epochs=1, num_workers=0)
-    with pytest.raises(CheckpointError, match="checkpoint.pt"):
+                          output_dir=str(pretrain_dir), epochs=1, num_workers=0, batch_size=2)
+    with pytest.raises(CheckpointError, match="last.pt"):  # resume: auto finds it
         pretrain(pcfg, dataset=list(range(4)), progress=False)
     assert not marker.exists()
 

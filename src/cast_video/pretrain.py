@@ -15,22 +15,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from einops import rearrange
-from safetensors.torch import save
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config_utils import ConfigError, to_dict
-from .data import DataConfig, build_dataset, build_gpu_augment, collate
-from .engine.checkpoint import load_checkpoint, save_checkpoint
-from .files import atomic_write_bytes, atomic_write_json
+from .data import DataConfig, build_dataset, build_gpu_augment
+from .engine.config import OptimConfig
+from .engine.distributed import DistInfo, barrier
+from .engine.loop import ClassificationTask, Run, stream_seed, train
+from .engine.state import TrainState
+from .files import atomic_write_bytes
 from .models.experts import ExpertBlock, ExpertConfig, ViTExpert
 from .models.layers import sinusoid_table, trunc_normal_init
+from .precision import PRECISIONS, autocast, resolve_precision
 from .seeds import DEFAULT_SEED
 
 
@@ -39,7 +42,11 @@ class PretrainConfig:
     """One pre-training run. `data` is the data layer's config: any annotated format, or
     `format: unlabeled` with `train:` a folder of videos; labels are ignored. As in VideoMAE, the only
     augmentations are the random resized crop and the flip; RandAugment, colour jitter, erasing and
-    mixup are switched off whatever `data` says."""
+    mixup are switched off whatever `data` says.
+
+    It runs on the training engine (`engine/loop.py`, recipe `Pretraining`): `batch_size` is per process,
+    the peak lr is `lr` x total batch / 256 (total = batch_size x processes x update_freq), and device,
+    precision, resume, checkpoints and logging mean what they mean in a `TrainConfig`."""
 
     expert: ExpertConfig = field(default_factory=lambda: ExpertConfig(arch="videomae"))
     num_frames: int = 16
@@ -52,21 +59,43 @@ class PretrainConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(format="unlabeled", sampling="dense", frame_stride=4))
     epochs: int = 800
     warmup_epochs: int = 40
-    batch_size: int = 32
-    lr: float = 1.5e-4  # per 256 clips, scaled linearly with the batch size as in MAE
-    min_lr: float = 1e-6
+    batch_size: int = 32  # per process
+    update_freq: int = 1  # gradient accumulation
+    lr: float = 1.5e-4  # per 256 clips, scaled linearly with the total batch as in MAE
+    min_lr: float = 1e-6  # per 256 clips too
+    warmup_lr: float = 0.0  # per 256 clips: the warm-up's first lr
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float | None = None
     num_workers: int = 4
     seed: int = DEFAULT_SEED
     output_dir: str = "runs/pretrain"
     grad_checkpointing: bool = False  # recompute each block's activations in backward: less memory, more compute
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # as TrainConfig.precision
+    compile: bool = False
+    resume: str = "auto"  # "auto": continue the run in output_dir if there is one; "" fresh; or a checkpoint path
+    save_every_steps: int = 0  # 0 = at the end of every epoch only
+    keep_last: int = 2
+    log_every_steps: int = 10
+    on_nonfinite: str = "stop"  # as optim.on_nonfinite of a TrainConfig
 
     def __post_init__(self):
         if self.expert.arch != "videomae":
             raise ValueError(f"pre-training is for the VideoMAE expert; expert.arch is {self.expert.arch!r}")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.optim  # noqa: B018 -- validates update_freq and on_nonfinite now, not at the first step
+
+    @property
+    def optim(self) -> OptimConfig:
+        """The engine's view of the optimisation fields (no layer decay: every weight trains)."""
+        return OptimConfig(base_lr=self.lr, min_lr=self.min_lr, warmup_lr=self.warmup_lr,
+                           weight_decay=self.weight_decay, betas=self.betas, layer_decay=1.0, epochs=self.epochs,
+                           warmup_epochs=self.warmup_epochs, batch_size=self.batch_size, update_freq=self.update_freq,
+                           clip_grad=self.clip_grad, on_nonfinite=self.on_nonfinite)
 
 
 def num_masked(num_patches: int, ratio: float) -> int:
@@ -79,9 +108,23 @@ def tube_mask(batch: int, num_patches: int, ratio: float, generator: torch.Gener
 
     Each row masks exactly `num_masked(N, ratio)` patches.
     """
-    scores = torch.rand(batch, num_patches, generator=generator)  # (B, N)
+    return _lowest(torch.rand(batch, num_patches, generator=generator), ratio)  # (B, N)
+
+
+def sample_tube_mask(keys: torch.Tensor, epoch: int, seed: int, num_patches: int, ratio: float) -> torch.Tensor:
+    """`tube_mask` with each clip's draw keyed by (seed, epoch, its dataset index): (B, N) bool on the CPU.
+
+    A clip gets the same mask whichever rank, micro-batch or resumed run sees it, so N processes mask
+    as 1 process with the same global batch does."""
+    scores = torch.stack([torch.rand(num_patches, generator=torch.Generator().manual_seed(stream_seed(seed, epoch, k)))
+                          for k in keys.tolist()])  # (B, N)
+    return _lowest(scores, ratio)
+
+
+def _lowest(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """True at the `num_masked` lowest scores of each row (B, N)."""
     ranks = scores.argsort(dim=1).argsort(dim=1)  # (B, N): rank of each patch's score
-    return ranks < num_masked(num_patches, ratio)
+    return ranks < num_masked(scores.shape[1], ratio)
 
 
 def patchify(video: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
@@ -151,82 +194,78 @@ def pretrain_data(cfg: PretrainConfig) -> DataConfig:
                                color_jitter=0.0, random_erasing=0.0, mixup=0.0, cutmix=0.0)
 
 
-def _cosine_lr(step: int, total: int, warmup: int, base: float, floor: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * progress))
+class PretrainTask(ClassificationTask):
+    """VideoMAE's step for the engine: the crop/flip augmentation, a tube mask per clip keyed by its
+    index, and the reconstruction loss of the masked tubes."""
+
+    def __init__(self, augment: nn.Module, num_patches: int, ratio: float, precision: str, device: torch.device,
+                 seed: int, rank: int):
+        super().__init__(augment, {}, precision, device, seed, rank)
+        self.num_patches, self.ratio = num_patches, ratio
+
+    def loss(self, runner: nn.Module, batch: dict, epoch: int, micro: int) -> torch.Tensor:
+        video = batch["video"].to(self.device, non_blocking=True)
+        x, _ = self._augment(video, {}, batch, epoch, micro)  # uint8 crops -> flipped, normalised
+        mask = sample_tube_mask(batch["index"], epoch, self.seed, self.num_patches, self.ratio)
+        with autocast(self.precision, self.device):
+            return runner(x, mask.to(self.device, non_blocking=True))
+
+
+def param_groups(model: MaskedVideoAutoencoder, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only (not biases, norms or the mask token), as MAE; no layer decay."""
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n != "mask_token"]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or n == "mask_token"]
+    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+
+
+class Pretraining:
+    """The engine's recipe for VideoMAE pre-training (see `engine.loop.Recipe`)."""
+
+    def build_model(self, cfg: PretrainConfig) -> MaskedVideoAutoencoder:
+        torch.manual_seed(cfg.seed)  # identical fresh weights on every rank
+        return MaskedVideoAutoencoder(cfg)
+
+    def precision(self, model: MaskedVideoAutoencoder, cfg: PretrainConfig, device: torch.device) -> str:
+        return resolve_precision(cfg.precision, device)[0]  # every weight trains: nothing to store in bf16
+
+    def datasets(self, cfg: PretrainConfig, given: dict, model: MaskedVideoAutoencoder, main: bool):
+        if "train" in given:
+            return given["train"], None
+        data_cfg = pretrain_data(cfg)
+        if not data_cfg.train:
+            raise ConfigError("data.train: the pre-training config names no videos (a folder, or an annotation file)")
+        return build_dataset(data_cfg, "train", seed=cfg.seed), None
+
+    def param_groups(self, model: MaskedVideoAutoencoder, cfg: PretrainConfig) -> list[dict]:
+        return param_groups(model, cfg.weight_decay)
+
+    def task(self, model: MaskedVideoAutoencoder, cfg: PretrainConfig, device: torch.device,
+             info: DistInfo) -> PretrainTask:
+        augment = build_gpu_augment(pretrain_data(cfg), {}).to(device)
+        return PretrainTask(augment, model.encoder.num_patches, cfg.mask_ratio, cfg.precision, device, cfg.seed,
+                            info.rank)
+
+    def finish(self, state: TrainState, run: Run, given: dict) -> dict:
+        """`expert.safetensors`: the encoder in `ViTExpert` names, ready for CAST's temporal expert."""
+        cfg = run.cfg
+        path = Path(cfg.output_dir) / "expert.safetensors"
+        if run.info.main:
+            tensors = {k: v.detach().cpu().contiguous() for k, v in state.model.encoder.state_dict().items()}
+            atomic_write_bytes(path, safetensors_bytes(tensors, metadata={"arch": "videomae",
+                                                                          "config": json.dumps(to_dict(cfg.expert))}))
+        barrier(run.info)
+        return {"loss": list(state.losses), "expert": str(path), "checkpoint": str(run.ckpt.latest())}
 
 
 def pretrain(cfg: PretrainConfig, dataset=None, progress: bool = True) -> dict:
-    """Pre-train, resuming from `output_dir/checkpoint.pt` if a run was interrupted.
+    """Pre-train on the engine (resuming the run in `output_dir` when `resume: auto`, the default).
 
-    Writes `expert.safetensors` (the encoder, in `ViTExpert` names, ready for CAST's temporal expert),
-    `checkpoint.pt` (model, optimiser, epoch) after every epoch and `log.jsonl`. Returns the loss per
-    epoch and the paths.
+    Writes `expert.safetensors`, the engine's `checkpoints/` and `log.jsonl`. `dataset` replaces the one
+    `cfg.data` describes (the demo's decoded clips). Returns the mean loss per epoch and the paths.
+    Under torchrun every process calls it; each trains on its share of every global batch.
     """
-    from tqdm import tqdm
-
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    data_cfg = pretrain_data(cfg)
-    if dataset is None:
-        if not data_cfg.train:
-            raise ConfigError("data.train: the pre-training config names no videos (a folder, or an annotation file)")
-        dataset = build_dataset(data_cfg, "train", seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size,
-        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed), collate_fn=collate,
-    )
-    augment = build_gpu_augment(data_cfg, {}).train()
-    model = MaskedVideoAutoencoder(cfg)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n != "mask_token"]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or n == "mask_token"]
-    lr = cfg.lr * cfg.batch_size / 256
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=cfg.betas)
-    history: list[float] = []
-    start = 0
-    ckpt_path = out / "checkpoint.pt"
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)  # weights_only: a file that would run code is refused
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, history = state["epoch"], state["history"]
-    atomic_write_json(out / "config.json", to_dict(cfg))
-    mask_gen = torch.Generator().manual_seed(cfg.seed + 1 + start)
-    steps_per_epoch = len(loader)
-    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
-    num_patches = model.encoder.num_patches
-    for epoch in range(start, cfg.epochs):
-        model.train()
-        t0, running, count = time.time(), 0.0, 0
-        bar = tqdm(loader, desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for i, batch in enumerate(bar):
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * steps_per_epoch + i)
-            video, _ = augment(batch["video"], generator=gen)  # uint8 crops -> flipped, normalised
-            for group in optimizer.param_groups:
-                group["lr"] = _cosine_lr(epoch * steps_per_epoch + i, total, warmup, lr, cfg.min_lr)
-            mask = tube_mask(video.shape[0], num_patches, cfg.mask_ratio, mask_gen)
-            loss = model(video, mask)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"pre-training loss is {loss.item()} at epoch {epoch + 1}, step {i}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss.item() * video.shape[0]
-            count += video.shape[0]
-            bar.set_postfix(loss=f"{running / count:.4f}")
-        history.append(running / count)
-        with open(out / "log.jsonl", "a") as f:
-            f.write(json.dumps({"epoch": epoch + 1, "loss": history[-1], "seconds": round(time.time() - t0, 2)}) + "\n")
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                      "history": history}, ckpt_path)
-    expert_path = out / "expert.safetensors"
-    atomic_write_bytes(expert_path, save({k: v.contiguous() for k, v in model.encoder.state_dict().items()},
-                                         metadata={"arch": "videomae", "config": json.dumps(to_dict(cfg.expert))}))
-    return {"loss": history, "expert": str(expert_path), "checkpoint": str(ckpt_path)}
+    return train(cfg, progress, {"train": dataset} if dataset is not None else None, recipe=Pretraining())
 
 
 def load_expert_state(path: str | Path) -> dict[str, torch.Tensor]:

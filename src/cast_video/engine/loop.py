@@ -58,7 +58,7 @@ from .distributed import (
     init_distributed,
 )
 from .metrics import classification_metrics
-from .optim import WarmupCosine, build_optimizer, set_lr
+from .optim import WarmupCosine, build_optimizer, param_groups, set_lr
 from .rundir import epoch_line, export_model
 from .state import TrainState
 
@@ -172,6 +172,7 @@ class Run:
     log_file: object = None
     writer: object = None
     owns_group: bool = False
+    recipe: object = None  # the `Recipe` that built the run
 
     def log(self, record: dict) -> None:
         if self.log_file is None:
@@ -293,6 +294,7 @@ def train_epoch(state: TrainState, run: Run) -> dict:
         seen += size * cfg.optim.batch_size * info.world
         if loss is not None:
             report["losses"].append(loss)  # for the one line per epoch
+            state.epoch_loss, state.epoch_steps = state.epoch_loss + loss, state.epoch_steps + 1
             _after_step(state, run, loss, seen / (time.perf_counter() - tic), bar)
     bar.close()
     return report
@@ -327,6 +329,7 @@ def end_epoch(state: TrainState, run: Run, report: dict) -> None:
         improved, state.best = score > state.best, max(state.best, score)
         state.history.append({"epoch": done, **metrics})
         run.log({"step": state.step, "epoch": done, **{f"val/{k}": v for k, v in metrics.items()}})
+    state.end_epoch_loss()
     state.epoch, state.batch = done, 0
     save(state, run, best=improved)
     if info.main:  # also with --no-progress
@@ -405,8 +408,59 @@ def _announce(cfg: TrainConfig, info: DistInfo, steps_per_epoch: int) -> None:
                     "differ (set optim.update_freq to match)", o.recipe_total_batch, total)
 
 
-def setup(cfg: TrainConfig, progress: bool, given: dict) -> tuple[Run, TrainState]:
+class Recipe(Protocol):
+    """What a kind of training brings to the engine: its model, data, parameter groups, task and final
+    files. `setup` and `train` do the rest the same way for each (device, precision, DDP, optimizer,
+    schedule, checkpoints, resume, logging). `FineTuning` is CAST's; `pretrain.Pretraining` is VideoMAE's.
+    The config is a `TrainConfig` or one with the same engine fields (`optim`, `output_dir`, `seed`, ...)."""
+
+    def build_model(self, cfg) -> nn.Module: ...
+
+    def precision(self, model: nn.Module, cfg, device: torch.device) -> str: ...
+
+    def datasets(self, cfg, given: dict, model: nn.Module, main: bool) -> tuple[object, object]: ...
+
+    def param_groups(self, model: nn.Module, cfg) -> list[dict]: ...
+
+    def task(self, model: nn.Module, cfg, device: torch.device, info: DistInfo) -> Task: ...
+
+    def finish(self, state: TrainState, run: Run, given: dict) -> dict: ...
+
+
+class FineTuning:
+    """CAST fine-tuning: `build_model`, layer-decayed groups, `ClassificationTask`, test metrics and the
+    exported model."""
+
+    def build_model(self, cfg: TrainConfig) -> CAST:
+        return build_model(cfg)
+
+    def precision(self, model: CAST, cfg: TrainConfig, device: torch.device) -> str:
+        return prepare(model, cfg.precision, device)[0]
+
+    def datasets(self, cfg: TrainConfig, given: dict, model: CAST, main: bool):
+        train_set, val_set = _datasets(cfg, given, _heads(model), main)
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        check_run(cfg, model.config, len(train_set), world)  # shapes and batch, before the first step
+        return train_set, val_set
+
+    def param_groups(self, model: CAST, cfg: TrainConfig) -> list[dict]:
+        return param_groups(model, cfg.optim)
+
+    def task(self, model: CAST, cfg: TrainConfig, device: torch.device, info: DistInfo) -> Task:
+        augment = build_gpu_augment(cfg.data, _heads(model), seed=cfg.seed).to(device)
+        return ClassificationTask(augment, model.config.trained_outputs(), cfg.precision, device)
+
+    def finish(self, state: TrainState, run: Run, given: dict) -> dict:
+        return finish(state, run, given)
+
+
+def _heads(model: CAST) -> dict[str, int]:
+    return {h.name: h.num_classes for h in model.config.heads}
+
+
+def setup(cfg: TrainConfig, progress: bool, given: dict, recipe: Recipe | None = None) -> tuple[Run, TrainState]:
     """Everything a run needs, on this rank: model, data, optimizer, schedule, resumed state."""
+    recipe = recipe or FineTuning()
     device = pick_device(cfg.device)
     owns_group = not dist.is_initialized()
     info = init_distributed(device)
@@ -414,23 +468,21 @@ def setup(cfg: TrainConfig, progress: bool, given: dict) -> tuple[Run, TrainStat
     out_dir = Path(cfg.output_dir)
     if info.main:
         atomic_write_json(out_dir / "config.json", to_dict(cfg))
-    model = build_model(cfg).to(device)
-    cfg = dataclasses.replace(cfg, precision=prepare(model, cfg.precision, device)[0])  # `auto` resolved once
+    model = recipe.build_model(cfg).to(device)
+    cfg = dataclasses.replace(cfg, precision=recipe.precision(model, cfg, device))  # `auto` resolved once
     torch.manual_seed(stream_seed(cfg.seed, info.rank))  # drop path and dropout draw differently on each rank
-    heads = {h.name: h.num_classes for h in model.config.heads}
-    train_set, val_set = _datasets(cfg, given, heads, info.main)
-    check_run(cfg, model.config, len(train_set), info.world)  # shapes and batch, before the first step
-    augment = build_gpu_augment(cfg.data, heads, seed=cfg.seed).to(device)
+    train_set, val_set = recipe.datasets(cfg, given, model, info.main)
     sampler = ResumableSampler(len(train_set), cfg.optim.batch_size, info, seed=cfg.seed)
     loader = _loader(train_set, cfg, sampler, device, cfg.optim.batch_size, drop_last=True)
     steps_per_epoch = math.ceil(sampler.num_batches / cfg.optim.update_freq)
-    state = TrainState(model, build_optimizer(model, cfg.optim, fused=device.type == "cuda"),
+    state = TrainState(model, build_optimizer(model, cfg.optim, device.type == "cuda",
+                                                recipe.param_groups(model, cfg)),
                        torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
                        build_schedule(cfg, info.world, steps_per_epoch))
     runner, evaluator = _runners(model, cfg, info, device)
-    task = ClassificationTask(augment, model.config.trained_outputs(), cfg.precision, device)
-    run = Run(cfg, info, device, runner, evaluator, task, train_set, sampler, loader,
-              CheckpointManager(out_dir, cfg.keep_last), progress, val_set, owns_group=owns_group and info.world > 1)
+    run = Run(cfg, info, device, runner, evaluator, recipe.task(model, cfg, device, info), train_set, sampler, loader,
+              CheckpointManager(out_dir, cfg.keep_last), progress, val_set, owns_group=owns_group and info.world > 1,
+              recipe=recipe)
     if val_set is not None:
         run.val_loader = eval_loader(val_set, cfg, info, device, persistent=True)
     _announce(cfg, info, steps_per_epoch)
@@ -452,20 +504,21 @@ def _resume(state: TrainState, run: Run) -> None:
         log.info("resumed from %s at epoch %d, step %d", source, state.epoch, state.step)
 
 
-def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None) -> dict:
-    """Train (and evaluate each `eval_every_epochs`) as `cfg` says; returns the final metrics.
+def train(cfg: TrainConfig, progress: bool = True, datasets: dict | None = None, recipe: Recipe | None = None) -> dict:
+    """Train (and evaluate each `eval_every_epochs`) as `cfg` says; returns the final metrics (what the
+    recipe's `finish` returns; `FineTuning` by default).
 
     `datasets` ({"train": ..., "val": ..., "test": ...}) replaces the datasets `cfg.data` describes, for
     data held in memory (the demo); they yield the data layer's sample dicts and have `set_epoch` and
     `class_names`.
     """
     datasets = datasets or {}
-    run, state = setup(cfg, progress, datasets)
+    run, state = setup(cfg, progress, datasets, recipe)
     try:
         while state.epoch < cfg.optim.epochs:
             report = train_epoch(state, run)
             end_epoch(state, run, report)
-        return finish(state, run, datasets)
+        return run.recipe.finish(state, run, datasets)
     finally:
         run.close()
 

@@ -29,9 +29,12 @@ def param_groups(model: CAST, cfg: OptimConfig) -> list[dict]:
     return [groups[k] for k in sorted(groups)]
 
 
-def build_optimizer(model: CAST, cfg: OptimConfig, fused: bool = False) -> torch.optim.AdamW:
-    """AdamW over `param_groups`; `fused` (one kernel for all parameters) on CUDA."""
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.base_lr, betas=tuple(cfg.betas), fused=fused or None)
+def build_optimizer(model: CAST, cfg: OptimConfig, fused: bool = False, groups: list[dict] | None = None
+                    ) -> torch.optim.AdamW:
+    """AdamW over `groups` (each with its `lr_scale` and `weight_decay`; default `param_groups(model)`,
+    pre-training passes `pretrain.param_groups`); `fused` (one kernel for all parameters) on CUDA."""
+    groups = param_groups(model, cfg) if groups is None else groups
+    return torch.optim.AdamW(groups, lr=cfg.base_lr, betas=tuple(cfg.betas), fused=fused or None)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, floor: float, start: float) -> float:

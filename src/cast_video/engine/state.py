@@ -39,6 +39,9 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     skipped: int = 0  # groups dropped for a non-finite loss (optim.on_nonfinite: skip)
     skipped_in_a_row: int = 0
+    losses: list[float] = field(default_factory=list)  # the mean training loss of each finished epoch
+    epoch_loss: float = 0.0  # the sum of this epoch's step losses so far, and their count
+    epoch_steps: int = 0
 
     def state_dict(self, rng: list[dict], config: dict) -> dict:
         """Tensors and plain containers only, so the file loads with weights_only=True. `rng` holds one
@@ -46,7 +49,8 @@ class TrainState:
         return {"model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "rng": rng, "step": self.step, "epoch": self.epoch,
                 "batch": self.batch, "best": self.best, "history": self.history, "skipped": self.skipped,
-                "skipped_in_a_row": self.skipped_in_a_row, "config": config}
+                "skipped_in_a_row": self.skipped_in_a_row, "losses": self.losses, "epoch_loss": self.epoch_loss,
+                "epoch_steps": self.epoch_steps, "config": config}
 
     def load_state_dict(self, state: dict, info: DistInfo, source: str = "checkpoint") -> None:
         """Restore a `state_dict`; each process takes its own RNG state (one saved by fewer processes
@@ -61,6 +65,14 @@ class TrainState:
         self.step, self.epoch, self.batch = state["step"], state["epoch"], state["batch"]
         self.best, self.history = state["best"], state["history"]
         self.skipped, self.skipped_in_a_row = state.get("skipped", 0), state.get("skipped_in_a_row", 0)
+        self.losses = state.get("losses", [])
+        self.epoch_loss, self.epoch_steps = state.get("epoch_loss", 0.0), state.get("epoch_steps", 0)
+
+    def end_epoch_loss(self) -> None:
+        """Close the epoch's running loss into `losses`."""
+        if self.epoch_steps:
+            self.losses.append(self.epoch_loss / self.epoch_steps)
+        self.epoch_loss, self.epoch_steps = 0.0, 0
 
 
 def load_trained_weights(model: nn.Module, path: str | Path) -> None:
