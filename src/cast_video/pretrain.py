@@ -28,7 +28,7 @@ from .config_utils import ConfigError, to_dict
 from .data import DataConfig, build_dataset, build_gpu_augment
 from .engine.config import OptimConfig
 from .engine.distributed import DistInfo, barrier
-from .engine.loop import ClassificationTask, Run, stream_seed, train
+from .engine.loop import Run, stream_seed, train
 from .engine.state import TrainState
 from .files import atomic_write_bytes
 from .models.experts import ExpertBlock, ExpertConfig, ViTExpert
@@ -194,18 +194,20 @@ def pretrain_data(cfg: PretrainConfig) -> DataConfig:
                                color_jitter=0.0, random_erasing=0.0, mixup=0.0, cutmix=0.0)
 
 
-class PretrainTask(ClassificationTask):
-    """VideoMAE's step for the engine: the crop/flip augmentation, a tube mask per clip keyed by its
-    index, and the reconstruction loss of the masked tubes."""
+class PretrainTask(nn.Module):
+    """VideoMAE's step for the engine: the crop/flip augmentation and a tube mask per clip, both keyed by
+    (seed, epoch, dataset index), and the reconstruction loss of the masked tubes."""
 
     def __init__(self, augment: nn.Module, num_patches: int, ratio: float, precision: str, device: torch.device,
-                 seed: int, rank: int):
-        super().__init__(augment, {}, precision, device, seed, rank)
+                 seed: int):
+        super().__init__()
+        self.augment, self.precision, self.device, self.seed = augment, precision, device, seed
         self.num_patches, self.ratio = num_patches, ratio
 
     def loss(self, runner: nn.Module, batch: dict, epoch: int, micro: int) -> torch.Tensor:
         video = batch["video"].to(self.device, non_blocking=True)
-        x, _ = self._augment(video, {}, batch, epoch, micro)  # uint8 crops -> flipped, normalised
+        keys = batch["index"].to(self.device, non_blocking=True)
+        x, _ = self.augment(video, keys=keys, epoch=epoch)  # uint8 crops -> flipped, normalised
         mask = sample_tube_mask(batch["index"], epoch, self.seed, self.num_patches, self.ratio)
         with autocast(self.precision, self.device):
             return runner(x, mask.to(self.device, non_blocking=True))
@@ -242,9 +244,8 @@ class Pretraining:
 
     def task(self, model: MaskedVideoAutoencoder, cfg: PretrainConfig, device: torch.device,
              info: DistInfo) -> PretrainTask:
-        augment = build_gpu_augment(pretrain_data(cfg), {}).to(device)
-        return PretrainTask(augment, model.encoder.num_patches, cfg.mask_ratio, cfg.precision, device, cfg.seed,
-                            info.rank)
+        augment = build_gpu_augment(pretrain_data(cfg), {}, seed=cfg.seed).to(device)
+        return PretrainTask(augment, model.encoder.num_patches, cfg.mask_ratio, cfg.precision, device, cfg.seed)
 
     def finish(self, state: TrainState, run: Run, given: dict) -> dict:
         """`expert.safetensors`: the encoder in `ViTExpert` names, ready for CAST's temporal expert."""
