@@ -128,3 +128,47 @@ def test_warmup_cosine_schedule_by_hand():
     assert lr_at(0, 100, 0, peak, floor, start) == pytest.approx(peak)  # no warm-up: the peak at once
     assert lr_at(7, 7, 7, peak, floor, start) == pytest.approx(peak)  # all warm-up: no division by zero
     assert lr_at(11, 11, 10, peak, floor, start) == pytest.approx(floor)  # a one-step cosine ends at the floor
+
+
+@pytest.mark.parametrize("total, pct", [(1, 0.1), (5, 0.1), (37, 0.1), (40, 0.3), (1000, 0.1), (9, 0.5)])
+def test_one_cycle_equals_pytorchs_one_cycle_lr(total, pct):
+    """OneCycle against torch.optim.lr_scheduler.OneCycleLR (the reference): the lr and AdamW beta1 the
+    optimizer holds at every step, counts where pct x total is not whole included."""
+    from cast_video.engine.optim import OneCycle, apply_schedule
+
+    peak = 3e-3
+    ref_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=peak, betas=(0.9, 0.98))
+    ref = torch.optim.lr_scheduler.OneCycleLR(ref_opt, max_lr=peak, total_steps=total, pct_start=pct)
+    ours = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 1.0}], lr=peak,
+                             betas=(0.9, 0.98))
+    schedule = OneCycle(total, peak, pct_start=pct)
+    for step in range(total):
+        apply_schedule(ours, schedule, step)
+        want, got = ref_opt.param_groups[0], ours.param_groups[0]
+        assert got["lr"] == pytest.approx(want["lr"], rel=1e-12, abs=0), step
+        assert got["betas"] == pytest.approx(want["betas"], rel=1e-12), step
+        ref_opt.step()
+        ref.step()
+    if pct * total > 1:  # a rise: it starts at peak / div_factor
+        assert schedule(0) == pytest.approx(peak / 25)
+    assert schedule(total - 1) == pytest.approx(peak / 25 / 1e4)
+
+
+def test_one_cycle_rise_ending_at_step_zero_starts_at_the_peak():
+    """pct_start x total = 1 puts the end of the rise at step 0, where PyTorch divides by zero: here step 0
+    is the peak, with beta1 at its low, and the fall follows."""
+    from cast_video.engine.optim import OneCycle
+
+    schedule = OneCycle(10, 1e-3, pct_start=0.1)
+    assert schedule(0) == 1e-3 and schedule.beta1(0) == 0.85
+    assert all(schedule(s) > schedule(s + 1) for s in range(9))
+    with pytest.raises(ValueError, match="total_steps"):
+        OneCycle(0, 1e-3)
+
+
+def test_warmup_cosine_leaves_adamw_beta1_alone():
+    from cast_video.engine.optim import WarmupCosine, apply_schedule
+
+    opt = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr_scale": 0.5}], betas=(0.8, 0.9))
+    apply_schedule(opt, WarmupCosine(10, 2, 1e-3, 1e-6, 0.0), 1)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5 * 5e-4) and opt.param_groups[0]["betas"] == (0.8, 0.9)

@@ -28,7 +28,7 @@ from .config_utils import ConfigError, to_dict
 from .data import DataConfig, build_dataset, build_gpu_augment
 from .engine.config import OptimConfig
 from .engine.distributed import DistInfo, barrier
-from .engine.loop import Run, stream_seed, train
+from .engine.loop import Run, build_schedule, stream_seed, train
 from .engine.state import TrainState
 from .files import atomic_write_bytes
 from .models.experts import ExpertBlock, ExpertConfig, ViTExpert
@@ -241,6 +241,9 @@ class Pretraining:
 
     def param_groups(self, model: MaskedVideoAutoencoder, cfg: PretrainConfig) -> list[dict]:
         return param_groups(model, cfg.weight_decay)
+
+    def schedule(self, cfg: PretrainConfig, world: int, steps_per_epoch: int):
+        return build_schedule(cfg, world, steps_per_epoch)  # warm-up + cosine, lr x total batch / 256
 
     def task(self, model: MaskedVideoAutoencoder, cfg: PretrainConfig, device: torch.device,
              info: DistInfo) -> PretrainTask:

@@ -58,7 +58,7 @@ from .distributed import (
     init_distributed,
 )
 from .metrics import classification_metrics
-from .optim import WarmupCosine, build_optimizer, param_groups, set_lr
+from .optim import WarmupCosine, apply_schedule, build_optimizer, param_groups
 from .rundir import epoch_line, export_model
 from .state import TrainState
 
@@ -219,7 +219,7 @@ def train_step(state: TrainState, run: Run, batches: Iterable[dict], first: int,
         return None
     state.skipped_in_a_row = 0
     o = run.cfg.optim
-    set_lr(state.optimizer, state.schedule(state.step))
+    apply_schedule(state.optimizer, state.schedule, state.step)
     if o.clip_grad:
         state.scaler.unscale_(state.optimizer)
         torch.nn.utils.clip_grad_norm_([p for p in state.model.parameters() if p.requires_grad], o.clip_grad)
@@ -391,18 +391,18 @@ def _runners(model: CAST, cfg: TrainConfig, info: DistInfo, device: torch.device
     return runner, model
 
 
-def _announce(cfg: TrainConfig, info: DistInfo, steps_per_epoch: int) -> None:
+def _announce(cfg: TrainConfig, info: DistInfo, steps_per_epoch: int, schedule) -> None:
     if not info.main:
         return
     o = cfg.optim
-    total, peak = describe_batch(cfg, info.world)
-    warmup, steps = round(o.warmup_epochs * steps_per_epoch), o.epochs * steps_per_epoch
-    log.info("total batch %d = %d per process x %d processes x %d accumulated; peak lr %.3g (base %g x %d/256); "
-             "%d steps per epoch; warm-up %d of %d steps", total, o.batch_size, info.world, o.update_freq, peak,
-             o.base_lr, total, steps_per_epoch, warmup, steps)
+    total = o.batch_size * info.world * o.update_freq
+    warmup, steps = schedule.warmup_steps, schedule.total_steps
+    log.info("total batch %d = %d per process x %d processes x %d accumulated; peak lr %.3g; %d steps per epoch; "
+             "warm-up %d of %d steps", total, o.batch_size, info.world, o.update_freq, schedule.peak,
+             steps_per_epoch, warmup, steps)
     if warmup * 2 > steps:
-        log.warning("optim.warmup_epochs %g is over half of the %d epochs: the lr barely reaches its peak; scale it "
-                    "with the run (e.g. 10%% of the epochs)", o.warmup_epochs, o.epochs)
+        log.warning("the warm-up (%d steps) is over half of the %d steps: the lr barely reaches its peak; scale it "
+                    "with the run (e.g. 10%% of the epochs)", warmup, steps)
     if o.recipe_total_batch and o.recipe_total_batch != total:
         log.warning("this recipe was tuned at total batch %d, not %d; the lr is scaled linearly, but results can "
                     "differ (set optim.update_freq to match)", o.recipe_total_batch, total)
@@ -411,7 +411,8 @@ def _announce(cfg: TrainConfig, info: DistInfo, steps_per_epoch: int) -> None:
 class Recipe(Protocol):
     """What a kind of training brings to the engine: its model, data, parameter groups, task and final
     files. `setup` and `train` do the rest the same way for each (device, precision, DDP, optimizer,
-    schedule, checkpoints, resume, logging). `FineTuning` is CAST's; `pretrain.Pretraining` is VideoMAE's.
+    schedule, checkpoints, resume, logging). `FineTuning` is CAST's; `pretrain.Pretraining` is VideoMAE's;
+    `demo.spatial.StillPretraining` is the demo's image-trained spatial expert.
     The config is a `TrainConfig` or one with the same engine fields (`optim`, `output_dir`, `seed`, ...)."""
 
     def build_model(self, cfg) -> nn.Module: ...
@@ -421,6 +422,8 @@ class Recipe(Protocol):
     def datasets(self, cfg, given: dict, model: nn.Module, main: bool) -> tuple[object, object]: ...
 
     def param_groups(self, model: nn.Module, cfg) -> list[dict]: ...
+
+    def schedule(self, cfg, world: int, steps_per_epoch: int): ...
 
     def task(self, model: nn.Module, cfg, device: torch.device, info: DistInfo) -> Task: ...
 
@@ -445,6 +448,9 @@ class FineTuning:
 
     def param_groups(self, model: CAST, cfg: TrainConfig) -> list[dict]:
         return param_groups(model, cfg.optim)
+
+    def schedule(self, cfg: TrainConfig, world: int, steps_per_epoch: int) -> WarmupCosine:
+        return build_schedule(cfg, world, steps_per_epoch)
 
     def task(self, model: CAST, cfg: TrainConfig, device: torch.device, info: DistInfo) -> Task:
         augment = build_gpu_augment(cfg.data, _heads(model), seed=cfg.seed).to(device)
@@ -478,14 +484,14 @@ def setup(cfg: TrainConfig, progress: bool, given: dict, recipe: Recipe | None =
     state = TrainState(model, build_optimizer(model, cfg.optim, device.type == "cuda",
                                                 recipe.param_groups(model, cfg)),
                        torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
-                       build_schedule(cfg, info.world, steps_per_epoch))
+                       recipe.schedule(cfg, info.world, steps_per_epoch))
     runner, evaluator = _runners(model, cfg, info, device)
     run = Run(cfg, info, device, runner, evaluator, recipe.task(model, cfg, device, info), train_set, sampler, loader,
               CheckpointManager(out_dir, cfg.keep_last), progress, val_set, owns_group=owns_group and info.world > 1,
               recipe=recipe)
     if val_set is not None:
         run.val_loader = eval_loader(val_set, cfg, info, device, persistent=True)
-    _announce(cfg, info, steps_per_epoch)
+    _announce(cfg, info, steps_per_epoch, state.schedule)
     _resume(state, run)
     if info.main:
         run.log_file = open(out_dir / "log.jsonl", "a")  # closed by run.close()

@@ -1,4 +1,9 @@
-"""AdamW with layer-wise learning-rate decay and the warm-up + cosine schedule, per optimizer step."""
+"""AdamW with layer-wise learning-rate decay, and the schedules the engine steps once per optimizer step.
+
+A schedule is a frozen dataclass called with the 0-based optimizer step: `schedule(step)` is that step's
+learning rate and `schedule.beta1(step)` its AdamW beta1 (None: the optimizer's own). `WarmupCosine` is
+the paper's (Table 4) and VideoMAE's; `OneCycle` is the demo's image pre-training of its spatial expert.
+`apply_schedule` is the one place that writes them into the optimizer."""
 
 from __future__ import annotations
 
@@ -57,6 +62,68 @@ class WarmupCosine:
 
     def __call__(self, step: int) -> float:
         return lr_at(step, self.total_steps, self.warmup_steps, self.peak, self.floor, self.start)
+
+    def beta1(self, step: int) -> float | None:
+        return None  # AdamW's beta1 stays as configured (optim.betas)
+
+
+def cos_anneal(start: float, end: float, pct: float) -> float:
+    """From `start` at pct 0 to `end` at pct 1 along half a cosine."""
+    return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)
+
+
+@dataclass(frozen=True)
+class OneCycle:
+    """The one-cycle policy (Smith & Topin 2018) as PyTorch's `OneCycleLR` with its defaults: the lr rises
+    along a half cosine from peak / `div_factor` to `peak` over the first `pct_start` of the steps, then
+    falls to peak / (`div_factor` x `final_div_factor`) at the last step, while beta1 moves the other way
+    (`momentum[1]` -> `momentum[0]` -> `momentum[1]`): high lr with low momentum. Phase 1 ends at step
+    pct_start x total - 1, as in PyTorch, so the two give the same lr and beta1 at every step (where
+    that end is step 0, PyTorch divides by zero; here step 0 is then the peak)."""
+
+    total_steps: int
+    peak: float
+    pct_start: float = 0.1
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
+    momentum: tuple[float, float] = (0.85, 0.95)  # (at the peak lr, at the ends)
+
+    def __post_init__(self):
+        if self.total_steps < 1 or not 0.0 <= self.pct_start < 1.0:
+            raise ValueError(f"OneCycle needs total_steps >= 1 and pct_start in [0, 1), got {self.total_steps}, "
+                             f"{self.pct_start}")
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(0, math.ceil(self.pct_start * self.total_steps - 1))
+
+    def _phase(self, step: int) -> tuple[float, bool]:
+        """(progress in the phase, whether it is the rise) of `step`."""
+        rise_end = self.pct_start * self.total_steps - 1
+        if rise_end > 0 and step <= rise_end:
+            return step / rise_end, True
+        return (step - rise_end) / (self.total_steps - 1 - rise_end), False
+
+    def __call__(self, step: int) -> float:
+        start = self.peak / self.div_factor
+        pct, rising = self._phase(step)
+        if rising:
+            return cos_anneal(start, self.peak, pct)
+        return cos_anneal(self.peak, start / self.final_div_factor, pct)
+
+    def beta1(self, step: int) -> float:
+        low, high = self.momentum
+        pct, rising = self._phase(step)
+        return cos_anneal(high, low, pct) if rising else cos_anneal(low, high, pct)
+
+
+def apply_schedule(optimizer: torch.optim.Optimizer, schedule, step: int) -> None:
+    """Step `step`'s learning rate (times each group's `lr_scale`) and, if the schedule sets it, beta1."""
+    set_lr(optimizer, schedule(step))
+    beta1 = schedule.beta1(step)
+    if beta1 is not None:
+        for group in optimizer.param_groups:
+            group["betas"] = (beta1, *group["betas"][1:])
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
