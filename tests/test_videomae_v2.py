@@ -154,12 +154,10 @@ def test_every_published_layout_loads_strictly_and_computes_what_videomae_comput
             torch.testing.assert_close(ours.pool(mine), pooled, rtol=1e-5, atol=1e-5)
 
 
-def test_the_hub_folder_builds_the_expert_from_its_own_config(tmp_path):
-    """OpenGVLab/VideoMAEv2-*: `model.`-prefixed safetensors, the architecture under config.json's
-    model_config (ViT-g's mlp ratio 48/11 here), ImageNet statistics; from_experts reads and loads it."""
-    hf = _hf()
-    folder = tmp_path / "VideoMAEv2-Base"
-    folder.mkdir()
+def write_hub_folder(folder, hf) -> dict:
+    """OpenGVLab/VideoMAEv2-* as the hub holds it: `model.`-prefixed safetensors (no head: num_classes 0),
+    the architecture under config.json's model_config, ImageNet statistics. Returns the model_config."""
+    folder.mkdir(parents=True)
     weights = {f"model.{k}": v.contiguous() for k, v in _v2_finetune_names(hf).items() if not k.startswith("head.")}
     save_file(weights, str(folder / "model.safetensors"))
     model_config = {"img_size": SIZE, "patch_size": PATCH, "in_chans": 3, "num_classes": 0, "embed_dim": WIDTH,
@@ -170,6 +168,15 @@ def test_the_hub_folder_builds_the_expert_from_its_own_config(tmp_path):
                                                     "auto_map": {"AutoModel": "modeling_videomaev2.VideoMAEv2"}}))
     mean, std = PIXEL_STATS["imagenet"]
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std}))
+    return model_config
+
+
+def test_the_hub_folder_builds_the_expert_from_its_own_config(tmp_path):
+    """OpenGVLab/VideoMAEv2-*: the architecture from config.json's model_config (ViT-g's mlp ratio 48/11
+    here), ImageNet statistics; from_experts reads and loads it."""
+    hf = _hf()
+    folder = tmp_path / "VideoMAEv2-Base"
+    model_config = write_hub_folder(folder, hf)
     expert = read_expert(str(folder))
     assert (expert.arch, expert.width, expert.depth, expert.heads, expert.patch_size, expert.norm) == (
         "videomae", WIDTH, DEPTH, HEADS, PATCH, "imagenet")
