@@ -142,7 +142,7 @@ def _write_preprocessor(folder, stats):
 
 @pytest.mark.parametrize("arch, extra, build", CASES, ids=["siglip", "dinov2", "dinov2_registers"])
 def test_from_experts_reads_configs_and_reproduces_both_experts(tmp_path, arch, extra, build):
-    """CAST.from_experts: the architecture from each checkpoint's config.json, the pixel statistics from
+    """from_experts: the architecture from each checkpoint's config.json, the pixel statistics from
     its preprocessor config; with zero-initialised adapters and B-CAST, the pooled features are the two
     experts' own, each on its own pixel statistics."""
     hf_s = build(32)
@@ -222,6 +222,8 @@ def test_a_tiny_cast_with_a_new_pairing_trains(spatial):
     the frozen experts (MAP head, registers and LayerScales included) do not move."""
     torch.manual_seed(0)
     model = CAST.from_preset("cast_tiny", **spatial).train()
+    assert model.blocks.training and not model.spatial.training and not model.temporal.training  # kept in eval
+    assert CAST.from_preset("cast_tiny", freeze_experts=False).train().spatial.training  # trained whole: trains
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     assert any("map_head" in n or "register_tokens" in n for n in frozen)
     params = [p for _, p in model.trainable_parameters()]
@@ -299,6 +301,41 @@ def test_vjepa2_from_experts_keeps_its_rotary_grid(tmp_path):
     model = from_experts(str(tmp_path / "s"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=24).eval()
     xs, xt = model.forward_features(torch.randn(1, 3, FRAMES, 24, 24))
     assert xs.shape == (1, FRAMES // 2, 16, WIDTH) and xt.shape == (1, FRAMES // 2, 16, 64)
+
+
+def test_cast_of_clip_and_vjepa2_reproduces_both_experts(tmp_path):
+    """Zero-initialised adapters and B-CAST: CAST's tokens are CLIP's (transformers' CLIPVisionModel,
+    each frame) and V-JEPA 2's encoder's (before its final norm), and each pooled feature is the
+    family's pooling of them (CLIP's post_layernorm on the mean class token; V-JEPA 2's norm on the
+    mean token)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    clip = _randomise(CLIPVisionModel(CLIPVisionConfig(**SMALL, intermediate_size=48, image_size=32)))
+    clip.save_pretrained(tmp_path / "s")
+    vjepa = _vjepa2()
+    vjepa.save_pretrained(tmp_path / "t")
+    model = from_experts(str(tmp_path / "s"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=32).eval()
+    assert (model.config.spatial.norm, model.config.temporal.img_size) == ("clip", None)  # CLIP's own pixel stats
+    pixels = torch.rand(2, 3, FRAMES, 32, 32)
+
+    def normalised(stats):
+        mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in PIXEL_STATS[stats])
+        return (pixels - mean) / std
+
+    assert model.config.input_norm == model.config.temporal.norm == "imagenet"
+    before_norm = []
+    vjepa.encoder.layer[-1].register_forward_hook(lambda m, i, o: before_norm.append(o[0] if isinstance(o, tuple)
+                                                                                      else o))
+    with torch.no_grad():
+        xs, xt = model.forward_features(normalised("imagenet"))
+        ref_s = clip(_frames(normalised("clip"))).last_hidden_state  # (B*T, 1+N, D)
+        vjepa(rearrange(normalised("imagenet"), "b c t h w -> b t c h w"), skip_predictor=True)
+        torch.testing.assert_close(rearrange(xs, "b t l d -> (b t) l d"), ref_s, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(rearrange(xt, "b t n d -> b (t n) d"), before_norm[0], rtol=1e-4, atol=1e-4)
+        cls = rearrange(ref_s[:, 0], "(b t) d -> b t d", b=2).mean(1)
+        torch.testing.assert_close(model.spatial.pool(xs), clip.post_layernorm(cls), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.temporal.pool(xt), vjepa.encoder.layernorm(before_norm[0].mean(1)),
+                                   rtol=1e-4, atol=1e-4)
 
 
 def test_a_training_config_takes_the_experts_from_its_weights(tmp_path):
