@@ -388,3 +388,25 @@ def test_experts_of_different_depths_pair_k_blocks_to_one():
     assert sb is model.spatial.blocks[1] and tb is model.temporal.blocks[3]
     with pytest.raises(ValueError, match="one a multiple of the other"):
         CAST.from_preset("cast_tiny", **{"spatial.depth": 3, "temporal.depth": 4})
+
+
+def test_the_new_presets_hold_the_published_experts_sizes():
+    """CAST-B's SigLIP 2 B/16 and CAST-L's DINOv2-L/14 and V-JEPA 2-L experts have exactly the parameters
+    of transformers' models of the published configs (built on the meta device): SigLIP 2 whole (its
+    MAP head included), DINOv2 less its mask token and with its 37 x 37 position grid resized to 16 x 16,
+    V-JEPA 2's encoder."""
+    def count(module, skip=()):
+        return sum(p.numel() for n, p in module.named_parameters() if not n.startswith(skip))
+
+    with torch.device("meta"):
+        b, large = CAST.from_preset("cast_b16_siglip2_k400"), CAST.from_preset("cast_l_dinov2_vjepa2_k400")
+        siglip = SiglipVisionModel(SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                      num_attention_heads=12, image_size=224, patch_size=16))
+        dino = Dinov2Model(Dinov2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=14,
+                                        image_size=518, mlp_ratio=4))
+        vjepa = VJEPA2Model(VJEPA2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=16,
+                                         tubelet_size=2, crop_size=256, mlp_ratio=4.0))
+    assert count(b.spatial) == count(siglip)
+    resized = (37 * 37 - 16 * 16) * 1024  # the position table at 16 x 16 instead of 518 / 14 = 37
+    assert count(large.spatial) == count(dino, skip=("embeddings.mask_token",)) - resized
+    assert count(large.temporal) == count(vjepa.encoder)
