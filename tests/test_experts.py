@@ -410,3 +410,33 @@ def test_the_new_presets_hold_the_published_experts_sizes():
     resized = (37 * 37 - 16 * 16) * 1024  # the position table at 16 x 16 instead of 518 / 14 = 37
     assert count(large.spatial) == count(dino, skip=("embeddings.mask_token",)) - resized
     assert count(large.temporal) == count(vjepa.encoder)
+
+
+def _randomise_expert(model, role):
+    """Random expert weights (LayerScales and biases too), so that the two groupings visibly differ."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in getattr(model, role).parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["clip", "siglip", "dinov2", "videomae", "vjepa2"])
+@pytest.mark.parametrize("role", ["spatial", "temporal"])
+def test_every_family_supports_both_attention_groupings(arch, role):
+    """Any family in either role (Table 1(h)): the role only groups attention, within a time step
+    (spatial) or over space-time (temporal); untrained, CAST's tokens are the expert's own run alone
+    with that grouping, which differs from the other grouping."""
+    extra = {"num_registers": 2} if arch == "dinov2" else {}
+    model = CAST.from_preset("cast_tiny", **{f"{role}.arch": arch, **{f"{role}.{k}": v for k, v in extra.items()}})
+    model = _randomise_expert(model, role).eval()
+    expert, joint = getattr(model, role), role == "temporal"
+    video = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        tokens = model.forward_features(video)[role == "temporal"]
+        alone = expert.forward_tokens(video, joint_time=joint)[-1]
+        other = expert.forward_tokens(video, joint_time=not joint)[-1]
+    assert tokens.shape == (1, 4, expert.num_prefix + 16, 64)
+    torch.testing.assert_close(tokens, alone, rtol=0, atol=0)
+    assert (alone - other).abs().max() > 1e-3
+
