@@ -52,8 +52,8 @@ def detect_format(sd: dict[str, torch.Tensor], where: str = "checkpoint") -> str
     if "spatial.patch_embed.weight" in sd or "temporal.patch_embed.weight" in sd:
         return "cast_video"  # a whole CAST of ours; `load_expert` takes one expert out of it
     raise WeightsError(f"{where}: unrecognised checkpoint format: expected OpenAI CLIP, transformers CLIP / SigLIP "
-                       f"/ DINOv2, VideoMAE, transformers VideoMAE, official CAST or cast-video keys; first keys: "
-                       f"{keys[:5]}")
+                       f"/ DINOv2 / VideoMAE / V-JEPA 2, official VideoMAE / VideoMAE V2, official CAST or cast-video "
+                       f"keys; first keys: {keys[:5]}")
 
 
 # OpenAI CLIP's text tower and joint-embedding parts, and the hyper-parameters its TorchScript file
