@@ -142,7 +142,7 @@ def _write_preprocessor(folder, stats):
 
 @pytest.mark.parametrize("arch, extra, build", CASES, ids=["siglip", "dinov2", "dinov2_registers"])
 def test_from_experts_reads_configs_and_reproduces_both_experts(tmp_path, arch, extra, build):
-    """CAST.from_experts: the architecture from each checkpoint's config.json, the pixel statistics from
+    """from_experts: the architecture from each checkpoint's config.json, the pixel statistics from
     its preprocessor config; with zero-initialised adapters and B-CAST, the pooled features are the two
     experts' own, each on its own pixel statistics."""
     hf_s = build(32)
@@ -222,6 +222,8 @@ def test_a_tiny_cast_with_a_new_pairing_trains(spatial):
     the frozen experts (MAP head, registers and LayerScales included) do not move."""
     torch.manual_seed(0)
     model = CAST.from_preset("cast_tiny", **spatial).train()
+    assert model.blocks.training and not model.spatial.training and not model.temporal.training  # kept in eval
+    assert CAST.from_preset("cast_tiny", freeze_experts=False).train().spatial.training  # trained whole: trains
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     assert any("map_head" in n or "register_tokens" in n for n in frozen)
     params = [p for _, p in model.trainable_parameters()]
@@ -301,6 +303,41 @@ def test_vjepa2_from_experts_keeps_its_rotary_grid(tmp_path):
     assert xs.shape == (1, FRAMES // 2, 16, WIDTH) and xt.shape == (1, FRAMES // 2, 16, 64)
 
 
+def test_cast_of_clip_and_vjepa2_reproduces_both_experts(tmp_path):
+    """Zero-initialised adapters and B-CAST: CAST's tokens are CLIP's (transformers' CLIPVisionModel,
+    each frame) and V-JEPA 2's encoder's (before its final norm), and each pooled feature is the
+    family's pooling of them (CLIP's post_layernorm on the mean class token; V-JEPA 2's norm on the
+    mean token)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    clip = _randomise(CLIPVisionModel(CLIPVisionConfig(**SMALL, intermediate_size=48, image_size=32)))
+    clip.save_pretrained(tmp_path / "s")
+    vjepa = _vjepa2()
+    vjepa.save_pretrained(tmp_path / "t")
+    model = from_experts(str(tmp_path / "s"), str(tmp_path / "t"), 3, num_frames=FRAMES, img_size=32).eval()
+    assert (model.config.spatial.norm, model.config.temporal.img_size) == ("clip", None)  # CLIP's own pixel stats
+    pixels = torch.rand(2, 3, FRAMES, 32, 32)
+
+    def normalised(stats):
+        mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in PIXEL_STATS[stats])
+        return (pixels - mean) / std
+
+    assert model.config.input_norm == model.config.temporal.norm == "imagenet"
+    before_norm = []
+    vjepa.encoder.layer[-1].register_forward_hook(lambda m, i, o: before_norm.append(o[0] if isinstance(o, tuple)
+                                                                                      else o))
+    with torch.no_grad():
+        xs, xt = model.forward_features(normalised("imagenet"))
+        ref_s = clip(_frames(normalised("clip"))).last_hidden_state  # (B*T, 1+N, D)
+        vjepa(rearrange(normalised("imagenet"), "b c t h w -> b t c h w"), skip_predictor=True)
+        torch.testing.assert_close(rearrange(xs, "b t l d -> (b t) l d"), ref_s, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(rearrange(xt, "b t n d -> b (t n) d"), before_norm[0], rtol=1e-4, atol=1e-4)
+        cls = rearrange(ref_s[:, 0], "(b t) d -> b t d", b=2).mean(1)
+        torch.testing.assert_close(model.spatial.pool(xs), clip.post_layernorm(cls), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model.temporal.pool(xt), vjepa.encoder.layernorm(before_norm[0].mean(1)),
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_a_training_config_takes_the_experts_from_its_weights(tmp_path):
     """`model.from_experts: true` in a run's config: the architectures come from `weights.spatial` /
     `weights.temporal`, the heads, frames and crop from the preset, and the weights are loaded."""
@@ -351,3 +388,55 @@ def test_experts_of_different_depths_pair_k_blocks_to_one():
     assert sb is model.spatial.blocks[1] and tb is model.temporal.blocks[3]
     with pytest.raises(ValueError, match="one a multiple of the other"):
         CAST.from_preset("cast_tiny", **{"spatial.depth": 3, "temporal.depth": 4})
+
+
+def test_the_new_presets_hold_the_published_experts_sizes():
+    """CAST-B's SigLIP 2 B/16 and CAST-L's DINOv2-L/14 and V-JEPA 2-L experts have exactly the parameters
+    of transformers' models of the published configs (built on the meta device): SigLIP 2 whole (its
+    MAP head included), DINOv2 less its mask token and with its 37 x 37 position grid resized to 16 x 16,
+    V-JEPA 2's encoder."""
+    def count(module, skip=()):
+        return sum(p.numel() for n, p in module.named_parameters() if not n.startswith(skip))
+
+    with torch.device("meta"):
+        b, large = CAST.from_preset("cast_b16_siglip2_k400"), CAST.from_preset("cast_l_dinov2_vjepa2_k400")
+        siglip = SiglipVisionModel(SiglipVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                      num_attention_heads=12, image_size=224, patch_size=16))
+        dino = Dinov2Model(Dinov2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=14,
+                                        image_size=518, mlp_ratio=4))
+        vjepa = VJEPA2Model(VJEPA2Config(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, patch_size=16,
+                                         tubelet_size=2, crop_size=256, mlp_ratio=4.0))
+    assert count(b.spatial) == count(siglip)
+    resized = (37 * 37 - 16 * 16) * 1024  # the position table at 16 x 16 instead of 518 / 14 = 37
+    assert count(large.spatial) == count(dino, skip=("embeddings.mask_token",)) - resized
+    assert count(large.temporal) == count(vjepa.encoder)
+
+
+def _randomise_expert(model, role):
+    """Random expert weights (LayerScales and biases too), so that the two groupings visibly differ."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in getattr(model, role).parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("arch", ["clip", "siglip", "dinov2", "videomae", "vjepa2"])
+@pytest.mark.parametrize("role", ["spatial", "temporal"])
+def test_every_family_supports_both_attention_groupings(arch, role):
+    """Any family in either role (Table 1(h)): the role only groups attention, within a time step
+    (spatial) or over space-time (temporal); untrained, CAST's tokens are the expert's own run alone
+    with that grouping, which differs from the other grouping."""
+    extra = {"num_registers": 2} if arch == "dinov2" else {}
+    model = CAST.from_preset("cast_tiny", **{f"{role}.arch": arch, **{f"{role}.{k}": v for k, v in extra.items()}})
+    model = _randomise_expert(model, role).eval()
+    expert, joint = getattr(model, role), role == "temporal"
+    video = torch.randn(1, 3, 8, 32, 32)
+    with torch.no_grad():
+        tokens = model.forward_features(video)[role == "temporal"]
+        alone = expert.forward_tokens(video, joint_time=joint)[-1]
+        other = expert.forward_tokens(video, joint_time=not joint)[-1]
+    assert tokens.shape == (1, 4, expert.num_prefix + 16, 64)
+    torch.testing.assert_close(tokens, alone, rtol=0, atol=0)
+    assert (alone - other).abs().max() > 1e-3
+

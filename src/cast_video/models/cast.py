@@ -281,6 +281,15 @@ class CAST(nn.Module):
             for name, p in expert.named_parameters():
                 p.requires_grad = not self.config.freeze_experts or name.startswith("norm.")
 
+    def train(self, mode: bool = True) -> CAST:
+        """Frozen experts stay in eval mode while CAST trains: they are used as pretrained, whatever
+        train-time behaviour a family's layers may have (the final norm CAST tunes has none)."""
+        super().train(mode)
+        if self.config.freeze_experts:
+            self.spatial.eval()
+            self.temporal.eval()
+        return self
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
 

@@ -4,7 +4,7 @@
 heads={"action": 400})` reads each transformers folder's (or hub id's) `config.json` for the
 architecture and `preprocessor_config.json` for the pixel statistics, aligns the two token grids, builds
 the model and loads both experts. Families: CLIP, SigLIP / SigLIP 2 FixRes, DINOv2 (with or without
-registers), VideoMAE and V-JEPA 2.
+registers), VideoMAE, VideoMAE V2 (the hub's OpenGVLab/VideoMAEv2-* folders) and V-JEPA 2.
 """
 
 from __future__ import annotations
@@ -65,6 +65,36 @@ def _pixel_stats(folder: Path, default: str) -> str:
                        f"{', '.join(PIXEL_STATS)}")
 
 
+# VideoMAE V2 variants that the published checkpoints do not use and our VideoMAE expert does not compute.
+_V2_VARIANTS = {"cos_attn": "cosine attention", "use_learnable_pos_emb": "learned positions",
+                "init_values": "LayerScale"}
+
+
+def _videomae_v2(raw: dict, file: Path) -> dict:
+    """The hub's VideoMAE V2 folders (OpenGVLab/VideoMAEv2-Base, -Large, -Huge, -giant, loaded elsewhere
+    with remote code) describe the VisionTransformer of models/modeling_finetune.py under `model_config`,
+    in its own argument names: the same architecture as VideoMAE, in transformers' names. The MLP width
+    is int(embed_dim * mlp_ratio), as that class computes it (ViT-g: 1408 x 48/11 = 6144)."""
+    m = raw.get("model_config")
+    if not isinstance(m, dict):
+        raise WeightsError(f"{file}: a VideoMAE V2 config without its model_config")
+    variant = next((k for k in _V2_VARIANTS if m.get(k)), None)
+    if variant is not None:
+        raise WeightsError(f"{file}: model_config.{variant} = {m[variant]!r}: {_V2_VARIANTS[variant]} is not what "
+                           "our VideoMAE expert computes")
+    if m.get("qkv_bias") is False or float(m.get("layer_norm_eps", 1e-6)) != 1e-6:
+        raise WeightsError(f"{file}: model_config without q/v biases or with a LayerNorm eps other than 1e-6 is not "
+                           "the published VideoMAE V2 architecture")
+    try:
+        width, ratio = int(m["embed_dim"]), float(m.get("mlp_ratio", 4.0))
+        return {"model_type": "videomae", "hidden_size": width, "num_hidden_layers": int(m["depth"]),
+                "num_attention_heads": int(m["num_heads"]), "intermediate_size": int(width * ratio),
+                "patch_size": int(m.get("patch_size", 16)), "tubelet_size": int(m.get("tubelet_size", 2)),
+                "hidden_act": "gelu"}
+    except KeyError as err:
+        raise WeightsError(f"{file}: model_config has no {err.args[0]!r}") from err
+
+
 def read_expert(source: str | os.PathLike) -> ExpertConfig:
     """The ExpertConfig of a transformers folder or hub id, from its config.json."""
     folder = resolve(source)
@@ -76,6 +106,8 @@ def read_expert(source: str | os.PathLike) -> ExpertConfig:
     model_type = raw.get("model_type", "")
     if model_type in _NESTED:
         raw, model_type = {**raw.get("vision_config", {}), "model_type": _NESTED[model_type]}, _NESTED[model_type]
+    if model_type.lower().startswith("videomaev2"):
+        raw, model_type = _videomae_v2(raw, file), "videomae"
     if model_type not in FAMILIES:
         raise WeightsError(f"{file}: model_type {model_type!r} is not a supported expert "
                            f"({', '.join(sorted(FAMILIES))})")

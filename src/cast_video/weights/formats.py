@@ -14,6 +14,7 @@ import re
 import torch
 
 from ..errors import WeightsError
+from ..models.layers import sinusoid_table
 
 EXPERT_FORMATS = ("openai_clip", "hf_clip", "hf_siglip", "hf_dinov2", "videomae", "hf_videomae", "hf_vjepa2",
                   "cast_video")
@@ -44,15 +45,15 @@ def detect_format(sd: dict[str, torch.Tensor], where: str = "checkpoint") -> str
         return "hf_videomae"
     if any(k.startswith("blocks.") and ".clip_attn." in k for k in keys):
         return "official_cast"
-    if any(k.endswith("patch_embed.proj.weight") for k in keys):
-        return "videomae"
+    if any(k.endswith(("patch_embed.proj.weight", "patch_embed.projection.weight")) for k in keys):
+        return "videomae"  # VideoMAE and VideoMAE V2 (their own names, or mmaction2's)
     if "patch_embed.weight" in sd and any(k.startswith("blocks.0.attn.qkv") for k in keys):
         return "cast_video"
     if "spatial.patch_embed.weight" in sd or "temporal.patch_embed.weight" in sd:
         return "cast_video"  # a whole CAST of ours; `load_expert` takes one expert out of it
     raise WeightsError(f"{where}: unrecognised checkpoint format: expected OpenAI CLIP, transformers CLIP / SigLIP "
-                       f"/ DINOv2, VideoMAE, transformers VideoMAE, official CAST or cast-video keys; first keys: "
-                       f"{keys[:5]}")
+                       f"/ DINOv2 / VideoMAE / V-JEPA 2, official VideoMAE / VideoMAE V2, official CAST or cast-video "
+                       f"keys; first keys: {keys[:5]}")
 
 
 # OpenAI CLIP's text tower and joint-embedding parts, and the hyper-parameters its TorchScript file
@@ -246,25 +247,71 @@ def from_hf_vjepa2(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
     return ours, extras
 
 
+# The VisionTransformer of the VideoMAE and VideoMAE V2 repositories (models/modeling_finetune.py and
+# models/modeling_pretrain.py of MCG-NJU/VideoMAE and OpenGVLab/VideoMAEv2 name their weights alike), as
+# it is saved: `encoder.` in pre-training checkpoints, `model.` in the hub's VideoMAEv2 PreTrainedModel
+# (OpenGVLab/VideoMAEv2-Base, ...), `backbone.` in mmaction2's port and the official CAST code, and
+# `_orig_mod.` when trained under torch.compile (VideoMAE V2's fine-tuning strips it too).
+_VIDEOMAE_PREFIXES = ("_orig_mod.", "model.", "backbone.", "encoder.")
+# Known to have no place in the expert: the pre-training decoder, classifier heads (mmaction2's
+# `cls_head`), and `norm`, the pre-decoder norm (pre-training) or the norm on the first token of a
+# fine-tuning with --use_cls; CAST's temporal norm follows the mean pooling, as `fc_norm` does.
+_VIDEOMAE_EXTRAS = re.compile(r"(decoder|encoder_to_decoder|mask_token|head|cls_head|norm)(\..+)?")
+_VIDEOMAE_BLOCK = re.compile(r"blocks\.\d+\.((norm1|norm2|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)"
+                             r"|attn\.(qkv\.weight|q_bias|v_bias))")
+# mmaction2's names for the same tensors (mmcv's PatchEmbed and FFN).
+_MMACTION_RENAMES = (("patch_embed.projection.", "patch_embed.proj."), (".mlp.layers.0.0.", ".mlp.fc1."),
+                     (".mlp.layers.1.", ".mlp.fc2."))
+# Variants of the architecture that our VideoMAE expert does not compute, named when a checkpoint has them.
+_VIDEOMAE_VARIANTS = {"attn.scale": "cosine attention (cos_attn)", "gamma_1": "LayerScale (init_values > 0)",
+                      "gamma_2": "LayerScale (init_values > 0)"}
+
+
+def _videomae_name(key: str) -> str:
+    """A VideoMAE / VideoMAE V2 key without its wrappers, in the repositories' own names."""
+    name = key
+    for prefix in _VIDEOMAE_PREFIXES:
+        name = name.removeprefix(prefix)
+    for theirs, ours in _MMACTION_RENAMES:
+        name = name.replace(theirs, ours) if name.startswith(("patch_embed.", "blocks.")) else name
+    return name
+
+
+def _check_sincos(key: str, value: torch.Tensor) -> None:
+    """A stored `pos_embed` must be the fixed sine-cosine table (mmaction2 saves it as a buffer); a learned
+    one (use_learnable_pos_emb) is a variant our expert does not compute."""
+    table = value.reshape(-1, value.shape[-1]).float()  # (1, T*N, D) -> (T*N, D)
+    if not torch.allclose(table, sinusoid_table(*table.shape), atol=1e-5):
+        raise WeightsError(f"{key}: a learned position table (use_learnable_pos_emb); the VideoMAE expert "
+                           "has the fixed sine-cosine one")
+
+
 def from_videomae(sd: dict[str, torch.Tensor]) -> tuple[dict, list[str]]:
-    """Official VideoMAE checkpoints -> ViTExpert(videomae).
+    """Official VideoMAE and VideoMAE V2 checkpoints (B, L, H, g, the distilled S and B, mmaction2's port)
+    -> ViTExpert(videomae).
 
     Pre-trained: `encoder.*` plus a decoder; `encoder.norm` normalises tokens for the decoder and has
     no place in CAST, whose temporal norm follows the pooling. Fine-tuned: `fc_norm` is exactly that
-    post-pooling norm and is kept; `head` is dropped.
+    post-pooling norm and is kept; `head` is dropped. Our block names are the repositories' own. A
+    checkpoint of a variant we do not compute (cosine attention, LayerScale, learned positions) raises
+    a `WeightsError` naming the key.
     """
     ours, extras = {}, []
     for key, value in sd.items():
-        name = key.removeprefix("backbone.").removeprefix("encoder.")
-        if key.startswith(("decoder", "encoder_to_decoder", "mask_token", "head")) or name in (
-            "norm.weight", "norm.bias", "pos_embed",
-        ):
+        name = _videomae_name(key)
+        variant = next((what for leaf, what in _VIDEOMAE_VARIANTS.items() if name.endswith("." + leaf)), None)
+        if variant is not None and name.startswith("blocks."):
+            raise WeightsError(f"{key}: {variant} is a VideoMAE V2 variant that the VideoMAE expert does not compute")
+        if name == "pos_embed":
+            _check_sincos(key, value)
+            extras.append(key)  # the fixed table, regenerated for the model's frames and size
+        elif _VIDEOMAE_EXTRAS.fullmatch(name):
             extras.append(key)
         elif name.startswith("patch_embed.proj."):
             ours["patch_embed." + name.removeprefix("patch_embed.proj.")] = value
         elif name.startswith("fc_norm."):
             ours["norm." + name.removeprefix("fc_norm.")] = value
-        elif name.startswith("blocks."):
+        elif _VIDEOMAE_BLOCK.fullmatch(name):
             ours[name] = value
         else:
             ours[f"?{key}"] = value

@@ -86,7 +86,10 @@ def load_expert(expert: ViTExpert, source, format: str | None = None, strict: bo
         raise WeightsError(f"{where}: {fmt} weights are a {arch} ViT, but this expert is {expert.cfg.arch}")
     if fmt == "cast_video":
         sd = _select_cast_expert(sd, expert, role, where)
-    ours, extras = EXPERT_CONVERTERS[fmt](sd)
+    try:
+        ours, extras = EXPERT_CONVERTERS[fmt](sd)
+    except WeightsError as err:  # a converter names the key; the file is named here
+        raise WeightsError(f"{where}: {err}") from err
     expected = expert.state_dict()
     report = LoadReport(str(source), fmt, ignored=sorted(extras))
     report.unexpected = sorted([k[1:] for k in ours if k.startswith("?")] + [
