@@ -394,3 +394,21 @@ def test_random_resized_crop_box_in_bounds():
         assert 0 <= top and top + h <= 30 and 0 <= left and left + w <= 50 and h > 0 and w > 0
         areas.append(h * w / 1500)
     assert min(areas) < 0.15 and max(areas) > 0.7  # at most 30x40 of 30x50 fits the aspect limits
+
+
+def test_label_smoothing_targets_by_hand_alone_and_under_mixup():
+    """timm's convention worked out by hand: K = 4 classes, smoothing 0.1 -> 0.1 / 4 = 0.025 off the class
+    and 1 - 0.1 + 0.025 = 0.925 on it. Under mixup at share lam the target is lam x own + (1 - lam) x the
+    partner's smoothed row."""
+    from cast_video.data.augment import smooth_one_hot
+
+    t = smooth_one_hot(torch.tensor([2, 0]), 4, 0.1)
+    torch.testing.assert_close(t, torch.tensor([[0.025, 0.025, 0.925, 0.025], [0.925, 0.025, 0.025, 0.025]]))
+    cfg = DataConfig(**{**PLAIN, "label_smoothing": 0.1, "mixup": 0.8})
+    aug = build_gpu_augment(cfg, {"a": 4}).train()
+    _, targets = aug(torch.zeros(2, 3, 1, 2, 2, dtype=torch.uint8), {"a": torch.tensor([1, 3])}, keys=torch.arange(2))
+    row = targets["a"][0]  # clip 0 (class 1) is paired with clip 1 (class 3)
+    lam = (row[1] - 0.025) / 0.9  # on-class mass above the floor, / (0.925 - 0.025)
+    assert 0 < lam < 1
+    torch.testing.assert_close(row, torch.tensor([0.025, 0.025 + 0.9 * lam, 0.025, 0.025 + 0.9 * (1 - lam)]))
+    assert row.sum().item() == pytest.approx(1.0)
