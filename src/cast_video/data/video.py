@@ -19,6 +19,7 @@ folders are resized after decoding with the dataset's uint8 kernel (`resize_clip
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 from collections import Counter
@@ -94,24 +95,28 @@ class _KeyframePlan:
     A seek lands on the keyframe at or before the target; it pays when that keyframe lies past the
     frame being decoded now, since everything between is skipped. With the keyframe period known (two
     keyframes seen; a fixed GOP, as `data prepare` writes and encoders write by default), the keyframe
-    before a target is predicted exactly; before that, or once a prediction failed (a GOP shortened by
-    a scene cut), a gap of more than `seek_gap` frames is crossed by seeking. A wrong guess costs time,
+    before a target is predicted exactly (the period is the gcd of the distances between the keyframes
+    seen, since seeks skip some); before that, or once a prediction failed (a seek that landed no
+    further than the frame decoded last: irregular GOPs, as scene cuts make), a gap of more than
+    `seek_gap` frames is crossed by seeking. A wrong guess costs time,
     never frames: the frames returned are checked by their timestamps either way."""
 
     def __init__(self, seek_gap: int):
         self.seek_gap = seek_gap
-        self.keys: list[int] = []
+        self.last = -1  # the last keyframe seen
+        self.period = 0  # gcd of the distances between the keyframes seen (seeks skip some)
         self.reliable = True
 
     def add(self, index: int) -> None:
-        if not self.keys or index > self.keys[-1]:
-            self.keys.append(index)
+        if index > self.last:
+            if self.last >= 0:
+                self.period = math.gcd(self.period, index - self.last)
+            self.last = index
 
     def keyframe_before(self, target: int) -> int | None:
-        if not self.reliable or len(self.keys) < 2:
+        if not self.reliable or not self.period or target < self.last:
             return None
-        last, period = self.keys[-1], self.keys[-1] - self.keys[-2]
-        return last + (target - last) // period * period if target >= last else None
+        return self.last + (target - self.last) // self.period * self.period
 
     def should_seek(self, position: int, target: int) -> bool:
         """`position`: the last decoded frame; the decoder's next frame is position + 1."""
