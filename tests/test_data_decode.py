@@ -171,3 +171,27 @@ def test_gpu_decoding_needs_torchcodec_and_cuda():
         get_backend("torchcodec", device="cuda")
     with pytest.raises(ConfigError, match="'cpu' or 'cuda"):
         get_backend("torchcodec", device="tpu")
+
+
+class _OvershootingSeeks(PyAVBackend):
+    """A broken index, simulated: every seek lands on the keyframe after the target instead of before."""
+
+    def _seek(self, container, stream, fps, index):
+        super()._seek(container, stream, fps, index - index % 16 + 16)
+
+
+def test_a_seek_landing_past_its_target_falls_back_to_decoding_from_the_start(gop16):
+    backend = _OvershootingSeeks(threads=1)
+    idx = [40, 5, 200, 201]
+    np.testing.assert_array_equal(backend.read(str(gop16), idx), full_decode(gop16)[idx])
+    assert backend.seeks == 1 and backend.frames_decoded == 1 + 202  # landed at 48, then 0..201, no more seeks
+
+
+def test_seeks_that_land_early_are_not_repeated(tmp_path):
+    """One keyframe (frame 0) in 240 frames: every seek lands at 0, at or before the frame decoded last;
+    each wanted frame is then reached by decoding forward (one seek each at most: no livelock)."""
+    path = forced_keyframes_video(tmp_path / "one_key.mp4", [0], 240)
+    backend = PyAVBackend(threads=1, seek_gap=20)
+    idx = [10, 150, 230]
+    np.testing.assert_array_equal(backend.read(str(path), idx), full_decode(path)[idx])
+    assert backend.seeks == 3 and backend.frames_decoded == 11 + 151 + 231

@@ -256,16 +256,18 @@ class PyAVBackend:
         return np.stack([frames[i] for i in indices])  # (T, H, W, 3)
 
     def _decode_planned(self, container, stream, fps, wanted, frames, convert) -> None:
-        """Decode `wanted` (sorted) forward, seeking where `_KeyframePlan` says it pays. A seek that
-        lands past its target (a broken index) falls back to decoding from the start, never seeking
-        again; one that lands at or before the frame decoded last marks the plan's guess wrong."""
+        """Decode `wanted` (sorted) forward, seeking where `_KeyframePlan` says it pays, at most once
+        per wanted frame. A seek that lands past its target (a broken index) falls back to decoding
+        from the start, never seeking again; one that lands at or before the frame decoded last marks
+        the plan's guess wrong."""
         plan = _KeyframePlan(self.seek_gap)
         if not self.plan_seeks:
             plan.reliable = False
-        position, frames_iter, seeked, may_seek, i = -1, None, False, True, 0
+        position, frames_iter, seeked, may_seek, i, decided = -1, None, False, True, 0, -1
         while i < len(wanted):
             target = wanted[i]
-            if frames_iter is None or (may_seek and plan.should_seek(position, target)):
+            if frames_iter is None or (may_seek and decided < target and plan.should_seek(position, target)):
+                decided = target  # at most one seek per wanted frame: a seek that lands early is not repeated
                 if target > 0 and may_seek:
                     self._seek(container, stream, fps, target)
                     seeked = True
