@@ -48,7 +48,7 @@ import av
 from ..errors import ConfigError, VideoReadError
 from ..files import atomic_open, atomic_write_text
 from .annotations import VIDEO_SUFFIXES
-from .video import scaled_size
+from .video import PyAVBackend, scaled_size
 
 log = logging.getLogger(__name__)
 
@@ -164,26 +164,13 @@ def _write_frames(source: av.container.InputContainer, stream, folder: Path, opt
     return count
 
 
-def _open(path: Path):
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, OSError, ValueError) as err:
-        raise VideoReadError(f"{path}: cannot open video: {err}") from err
-    if not container.streams.video:
-        container.close()
-        raise VideoReadError(f"{path}: no video stream")
-    stream = container.streams.video[0]
-    stream.thread_count = 1
-    return container, stream
-
-
 def prepare_video(source: Path, target: Path, opts: PrepareOptions) -> Result:
     """Re-encode (or extract the frames of) one video; never raises for a bad input, returns "failed"."""
     if target.exists():
         return Result(source, target, "skipped")
     _remove_stale(target)
     try:
-        container, stream = _open(source)
+        container, stream = PyAVBackend(threads=1)._open(str(source))  # one decoder thread: a process per video
         with container:
             if opts.frames:
                 target.parent.mkdir(parents=True, exist_ok=True)
