@@ -39,9 +39,13 @@ def test_seeking_decodes_only_from_the_keyframe_before(count_video):
     backend = PyAVBackend(seek_gap=20)
     out = backend.read(str(count_video), [57, 2])  # a long gap is crossed by a second seek
     assert count_ids(torch.from_numpy(out)) == [57, 2] and backend.frames_decoded == 3 + 8
-    backend = PyAVBackend(seek_gap=1000)  # a short gap is decoded through
+    backend = PyAVBackend(seek_gap=1000, plan_seeks=False)  # a gap under seek_gap is decoded through
     backend.read(str(count_video), [2, 57])
     assert backend.frames_decoded == 58
+    backend = PyAVBackend(seek_gap=1000)  # planned: keyframes 0 and 10 seen, so 57's keyframe is 50
+    out = backend.read(str(count_video), [2, 57])
+    assert count_ids(torch.from_numpy(out)) == [2, 57]
+    assert backend.frames_decoded == 11 + 8 and backend.seeks == 2  # 0..10, then 50..57
 
 
 def test_bframes_and_vp9_match_full_decode(tmp_path):

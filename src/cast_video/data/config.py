@@ -37,6 +37,8 @@ class DataConfig:
     check_files: bool = False  # every annotated file must exist (checked once, before training)
     backend: str | None = None  # video decoder: pyav (default), decord, torchcodec
     decode_threads: int = 0  # per loader worker; 0: the node's cores / (workers x processes on the node)
+    decode_short_side: int = 0  # scale frames on decode to this short side (never up); 0: decoded size
+    decode_device: str = "cpu"  # "cuda": decode on the GPU (backend torchcodec, num_workers 0; unmeasured)
     # temporal sampling
     num_frames: int = 16  # frames per clip (2T: the temporal expert's tubelets are 2 frames)
     sampling: str = "segment"  # "segment" (SSV2, EK100), "official_segment" (the official code's) or "dense" (K400)
@@ -77,6 +79,8 @@ class DataConfig:
             raise ValueError(f"norm must be one of {tuple(PIXEL_STATS)}, got {self.norm!r}")
         if self.on_bad_video not in ("skip", "raise"):
             raise ValueError(f"on_bad_video must be 'skip' or 'raise', got {self.on_bad_video!r}")
+        if self.decode_device != "cpu" and self.backend != "torchcodec":
+            raise ValueError(f"decode_device {self.decode_device!r} needs backend: torchcodec, got {self.backend!r}")
         if self.layout not in ("video", "frames"):
             raise ValueError(f"layout must be 'video' or 'frames', got {self.layout!r}")
         if min(self.num_frames, self.frame_stride, self.test_clips, self.input_size, self.num_sample) < 1:

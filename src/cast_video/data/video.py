@@ -9,11 +9,17 @@ silently shorter clip (or a clip of zeros) would poison training without anyone 
 Frame i is the frame whose presentation time is i / fps after the stream's start, which is what a
 plain decode from the start yields as its i-th frame for constant-frame-rate video (all of K400,
 SSV2 and EK100).
+
+`short_side` (DataConfig.decode_short_side): a backend returns frames already scaled so that their
+short side is that size (never upscaled). PyAV and torchcodec scale inside FFmpeg, in the same pass
+that converts YUV to RGB, so a 720p frame is never materialised as RGB at full size; decord and frame
+folders are resized after decoding with the dataset's uint8 kernel (`resize_clip`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import re
 from collections import Counter
@@ -23,6 +29,8 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+import torch.nn.functional as F
+from av.video.reformatter import Interpolation
 
 from ..errors import ConfigError, VideoReadError  # noqa: F401  (VideoReadError re-exported)
 
@@ -36,6 +44,12 @@ class VideoInfo:
 
 
 _DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, IndexError)
+
+# swscale's bilinear filter (a triangle widened by the downscale factor: antialiased, as torch's
+# `antialias=True`) with the chroma planes interpolated at full resolution: without FULL_CHR_* the
+# 4:2:0 chroma is upsampled by pixel repetition and strong colour edges differ from decode-then-resize
+# by up to 47 grey levels (bigbuckbunny at 224), with them by up to 18 (mean 1.2; docs/DATA.md).
+_SCALE_FLAGS = int(Interpolation.BILINEAR | Interpolation.FULL_CHR_H_INT | Interpolation.FULL_CHR_H_INP)
 
 
 class _NoTimestamps(Exception):
@@ -52,18 +66,97 @@ def _frame_index(frame: av.VideoFrame, stream, fps: float) -> int:
     return round(float((frame.pts - (stream.start_time or 0)) * stream.time_base) * fps)
 
 
+def scaled_size(height: int, width: int, short_side: int, even: bool = False) -> tuple[int, int]:
+    """(height, width) with the short side at `short_side` and the aspect ratio kept; never upscaled
+    (0, or a short side already at most `short_side`, keeps the size). `even`: both rounded to even
+    sizes, as yuv420p encoding needs (`data prepare`)."""
+    if short_side <= 0 or min(height, width) <= short_side:
+        h, w = height, width
+    else:
+        scale = short_side / min(height, width)
+        h, w = max(1, round(height * scale)), max(1, round(width * scale))
+        h, w = (short_side, w) if height <= width else (h, short_side)
+    if even:
+        h, w = max(2, h - h % 2), max(2, w - w % 2)
+    return h, w
+
+
+def resize_clip(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> uint8 (T, 3, h, w), bilinear with antialiasing, in uint8: the decoded
+    (T, H, W, 3) layout is channels-last, which PyTorch's uint8 kernel resizes without a float copy
+    (a 16-frame 1080p crop: 25x faster than in float, within one grey level of it; docs/DATA.md)."""
+    x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W), channels-last strides
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+
+class _KeyframePlan:
+    """Where the keyframes are, learned while decoding, to decide per wanted frame whether to seek.
+
+    A seek lands on the keyframe at or before the target; it pays when that keyframe lies past the
+    frame being decoded now, since everything between is skipped. With the keyframe period known (two
+    keyframes seen; a fixed GOP, as `data prepare` writes and encoders write by default), the keyframe
+    before a target is predicted exactly (the period is the gcd of the distances between the keyframes
+    seen, since seeks skip some); before that, or once a prediction failed (a seek that landed no
+    further than the frame decoded last: irregular GOPs, as scene cuts make), a gap of more than
+    `seek_gap` frames is crossed by seeking. A wrong guess costs time,
+    never frames: the frames returned are checked by their timestamps either way."""
+
+    def __init__(self, seek_gap: int):
+        self.seek_gap = seek_gap
+        self.last = -1  # the last keyframe seen
+        self.period = 0  # gcd of the distances between the keyframes seen (seeks skip some)
+        self.reliable = True
+
+    def add(self, index: int) -> None:
+        if index > self.last:
+            if self.last >= 0:
+                self.period = math.gcd(self.period, index - self.last)
+            self.last = index
+
+    def keyframe_before(self, target: int) -> int | None:
+        if not self.reliable or not self.period or target < self.last:
+            return None
+        return self.last + (target - self.last) // self.period * self.period
+
+    def should_seek(self, position: int, target: int) -> bool:
+        """`position`: the last decoded frame; the decoder's next frame is position + 1."""
+        if target <= position + 1:
+            return False
+        key = self.keyframe_before(target)
+        if key is not None:
+            return key > position + 1
+        return target - position > self.seek_gap
+
+
+def _take(wanted: list[int], i: int, idx: int, frame, frames: dict, convert: dict) -> int:
+    """Keep decoded frame `idx` if it is `wanted[i]`; the next position in `wanted`. Wanted frames the
+    stream skipped (no frame with their timestamp) are passed over, and reported missing by `read`."""
+    while i < len(wanted) and wanted[i] < idx:
+        i += 1
+    if i < len(wanted) and wanted[i] == idx:
+        frames[idx] = frame.to_ndarray(**convert)
+        i += 1
+    return i
+
+
 class PyAVBackend:
-    """Seek-and-decode with PyAV. `seek_gap`: a gap of more frames than this between two wanted
-    frames is crossed by seeking instead of decoding through it (a GOP is rarely over 300 frames,
-    so decoding 96 frames is about what a seek costs). `threads`: FFmpeg's decoder threads (0: its
-    own choice, all cores; the dataset sets it per loader worker, see `dataset.decode_threads`)."""
+    """Seek-and-decode with PyAV. Seeks are planned per wanted frame (`_KeyframePlan`): one seek to
+    the keyframe before the clip's first frame, then forward decoding, and another seek wherever a
+    keyframe lies between the frame decoded last and the next wanted one. `plan_seeks=False`: seek only
+    across gaps of more than `seek_gap` frames (96: a GOP is rarely over 300 frames, so decoding 96
+    frames is about what a seek costs). `threads`: FFmpeg's decoder threads (0: its own choice, all
+    cores; the dataset sets it per loader worker, see `dataset.decode_threads`). `short_side`: scale
+    on decode (module docstring), with swscale's bilinear filter (`_SCALE_FLAGS`)."""
 
     name = "pyav"
 
-    def __init__(self, seek_gap: int = 96, threads: int = 0):
+    def __init__(self, seek_gap: int = 96, threads: int = 0, short_side: int = 0, plan_seeks: bool = True):
         self.seek_gap = seek_gap
         self.threads = threads
+        self.short_side = short_side
+        self.plan_seeks = plan_seeks
         self.frames_decoded = 0  # a running count, for benchmarks and tests of the seeking
+        self.seeks = 0
 
     def _open(self, path: str):
         try:
@@ -80,13 +173,14 @@ class PyAVBackend:
         return container, stream
 
     def info(self, path: str, exact: bool = False) -> VideoInfo:
-        """Frame count, fps and size. The count the container claims (or its duration x fps) is
-        checked by decoding the last GOP: a truncated file or a wrong header gives the real count
-        (by decoding everything when the end cannot be reached). `exact`: always count by decoding."""
+        """Frame count, fps and size (the size frames are returned at, after `short_side`). The count
+        the container claims (or its duration x fps) is checked by decoding the last GOP: a truncated
+        file or a wrong header gives the real count (by decoding everything when the end cannot be
+        reached). `exact`: always count by decoding."""
         container, stream = self._open(path)
         with container:
             fps = _fps(stream)
-            height, width = stream.codec_context.height, stream.codec_context.width
+            height, width = scaled_size(stream.codec_context.height, stream.codec_context.width, self.short_side)
             claimed = stream.frames
             if claimed <= 0 and stream.duration:
                 claimed = round(float(stream.duration * stream.time_base) * fps)
@@ -130,10 +224,10 @@ class PyAVBackend:
         self.frames_decoded += count
         return count
 
-    @staticmethod
-    def _seek(container, stream, fps: float, index: int) -> None:
+    def _seek(self, container, stream, fps: float, index: int) -> None:
         """To the keyframe at or before frame `index`'s timestamp (a seek that still lands past it is
-        caught by `read`, which then decodes from the start)."""
+        caught by `_decode_planned`, which then decodes from the start)."""
+        self.seeks += 1
         target = (stream.start_time or 0) + round(index / fps / stream.time_base)
         container.seek(target, stream=stream, backward=True, any_frame=False)
 
@@ -141,25 +235,18 @@ class PyAVBackend:
         wanted = sorted(set(indices))
         if wanted[0] < 0:
             raise VideoReadError(f"{path}: negative frame index {wanted[0]}")
-        runs, run = [], [wanted[0]]
-        for i in wanted[1:]:  # split into runs separated by long gaps, each reached by its own seek
-            if i - run[-1] > self.seek_gap:
-                runs.append(run)
-                run = []
-            run.append(i)
-        runs.append(run)
         frames: dict[int, np.ndarray] = {}
         container, stream = self._open(path)
         with container:
             fps = _fps(stream)
+            h, w = scaled_size(stream.codec_context.height, stream.codec_context.width, self.short_side)
+            convert = {"format": "rgb24"}
+            if (h, w) != (stream.codec_context.height, stream.codec_context.width):
+                convert.update(width=w, height=h, interpolation=_SCALE_FLAGS)
             try:
-                for run in runs:
-                    self._decode_run(container, stream, fps, run, frames)
-                    if any(i not in frames for i in run):  # a seek that landed past the target: from the start
-                        container.seek(0, stream=stream, backward=True, any_frame=False)
-                        self._decode_run(container, stream, fps, run, frames, seek=False)
+                self._decode_planned(container, stream, fps, wanted, frames, convert)
             except _NoTimestamps:
-                self._decode_counting(container, stream, wanted, frames)
+                self._decode_counting(container, stream, wanted, frames, convert)
             except _DECODE_ERRORS as err:
                 raise VideoReadError(f"{path}: decoding failed: {err}") from err
         missing = [i for i in wanted if i not in frames]
@@ -168,26 +255,49 @@ class PyAVBackend:
                                  f"decoded (the video is shorter than expected or truncated)")
         return np.stack([frames[i] for i in indices])  # (T, H, W, 3)
 
-    def _decode_run(self, container, stream, fps, run, frames, seek=True):
-        if seek and run[0] > 0:
-            self._seek(container, stream, fps, run[0])
-        wanted = set(run)
-        for frame in container.decode(stream):
+    def _decode_planned(self, container, stream, fps, wanted, frames, convert) -> None:
+        """Decode `wanted` (sorted) forward, seeking where `_KeyframePlan` says it pays, at most once
+        per wanted frame. A seek that lands past its target (a broken index) falls back to decoding
+        from the start, never seeking again; one that lands at or before the frame decoded last marks
+        the plan's guess wrong."""
+        plan = _KeyframePlan(self.seek_gap)
+        if not self.plan_seeks:
+            plan.reliable = False
+        position, frames_iter, seeked, may_seek, i, decided = -1, None, False, True, 0, -1
+        while i < len(wanted):
+            target = wanted[i]
+            if frames_iter is None or (may_seek and decided < target and plan.should_seek(position, target)):
+                decided = target  # at most one seek per wanted frame: a seek that lands early is not repeated
+                if target > 0 and may_seek:
+                    self._seek(container, stream, fps, target)
+                    seeked = True
+                frames_iter = container.decode(stream)
+            frame = next(frames_iter, None)
+            if frame is None:
+                return  # the end of the stream: what is missing is reported by `read`
             self.frames_decoded += 1
             idx = _frame_index(frame, stream, fps)
-            if idx in wanted:
-                frames[idx] = frame.to_ndarray(format="rgb24")
-            if idx >= run[-1]:
-                break
+            if seeked:
+                seeked = False
+                if idx > target:  # landed past the target: decode everything from the start
+                    container.seek(0, stream=stream, backward=True, any_frame=False)
+                    frames_iter, may_seek, position = container.decode(stream), False, -1
+                    continue
+                if idx <= position:
+                    plan.reliable = False
+            if frame.key_frame:
+                plan.add(idx)
+            position = idx
+            i = _take(wanted, i, idx, frame, frames, convert)
 
-    def _decode_counting(self, container, stream, wanted, frames):
+    def _decode_counting(self, container, stream, wanted, frames, convert):
         """Fallback for streams without timestamps: frame i is the i-th decoded frame."""
         container.seek(0, stream=stream, backward=True, any_frame=False)
         targets = set(wanted)
         for idx, frame in enumerate(container.decode(stream)):
             self.frames_decoded += 1
             if idx in targets:
-                frames[idx] = frame.to_ndarray(format="rgb24")
+                frames[idx] = frame.to_ndarray(**convert)
             if idx >= wanted[-1]:
                 break
 
@@ -237,8 +347,8 @@ class FrameFolderBackend:
 
     name = "frames"
 
-    def __init__(self, template: str | None = None, offset: int = 1, fps: float = 30.0):
-        self.template, self.offset, self.fps = template, offset, fps
+    def __init__(self, template: str | None = None, offset: int = 1, fps: float = 30.0, short_side: int = 0):
+        self.template, self.offset, self.fps, self.short_side = template, offset, fps, short_side
 
     def _layout(self, path: str) -> tuple[str, int]:
         if self.template is not None:
@@ -260,7 +370,15 @@ class FrameFolderBackend:
             raise VideoReadError(f"{path}: negative frame index {min(indices)}")
         template, offset = self._layout(path)
         cache = {i: _load_image(Path(path) / template.format(i + offset)) for i in set(indices)}
-        return np.stack([cache[i] for i in indices])  # (T, H, W, 3)
+        return _scale_after(np.stack([cache[i] for i in indices]), self.short_side)  # (T, H, W, 3)
+
+
+def _scale_after(frames: np.ndarray, short_side: int) -> np.ndarray:
+    """`short_side` for backends that cannot scale on decode: (T, H, W, 3) resized with `resize_clip`."""
+    size = scaled_size(*frames.shape[1:3], short_side)
+    if size == frames.shape[1:3]:
+        return frames
+    return resize_clip(torch.from_numpy(frames), size).permute(0, 2, 3, 1).contiguous().numpy()  # (T, h, w, 3)
 
 
 class DecordBackend:
@@ -268,52 +386,76 @@ class DecordBackend:
 
     name = "decord"
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, short_side: int = 0):
         import decord
 
-        self._decord, self.threads = decord, threads
+        self._decord, self.threads, self.short_side = decord, threads, short_side
 
     def info(self, path: str, exact: bool = False) -> VideoInfo:
         try:
             vr = self._decord.VideoReader(path, num_threads=1)
-            h, w = vr[0].shape[:2]
+            h, w = scaled_size(*vr[0].shape[:2], self.short_side)
             return VideoInfo(len(vr), float(vr.get_avg_fps()), h, w)
         except (RuntimeError, IndexError) as err:
             raise VideoReadError(f"{path}: {err}") from err
 
     def read(self, path: str, indices: list[int]) -> np.ndarray:
         try:
-            return self._decord.VideoReader(path, num_threads=self.threads).get_batch(indices).asnumpy()
+            frames = self._decord.VideoReader(path, num_threads=self.threads).get_batch(indices).asnumpy()
         except (RuntimeError, IndexError) as err:
             raise VideoReadError(f"{path}: {err}") from err
+        return _scale_after(frames, self.short_side)
 
 
 class TorchCodecBackend:
-    """torchcodec (optional, needs the system FFmpeg): exact frame-index access."""
+    """torchcodec (optional, needs the system FFmpeg): exact frame-index access. `short_side`: scaled
+    inside FFmpeg by torchcodec's `Resize` transform (bilinear, antialiased). `device="cuda"`: decoded
+    on the GPU (NVDEC) and returned as a CUDA tensor; the caller must not be a forked DataLoader worker
+    (CUDA cannot be used after fork), so `decode_device: cuda` goes with `num_workers: 0`."""
 
     name = "torchcodec"
 
-    def __init__(self, threads: int = 1):
+    def __init__(self, threads: int = 1, short_side: int = 0, device: str = "cpu"):
         try:
             from torchcodec.decoders import VideoDecoder
         except (OSError, RuntimeError) as err:  # installed, but the system FFmpeg libraries are missing
             raise ConfigError(f"video backend 'torchcodec' cannot load the system FFmpeg libraries "
                               f"(apt-get install ffmpeg): {str(err).splitlines()[0]}") from err
-        self._decoder, self.threads = VideoDecoder, threads
+        if device != "cpu":
+            check_cuda_decoding(device)
+        self._decoder, self.threads, self.short_side, self.device = VideoDecoder, threads, short_side, device
 
     def info(self, path: str, exact: bool = False) -> VideoInfo:
         try:
             meta = self._decoder(path, seek_mode="exact" if exact else "approximate").metadata
         except (RuntimeError, ValueError) as err:
             raise VideoReadError(f"{path}: {err}") from err
-        return VideoInfo(meta.num_frames, float(meta.average_fps), meta.height, meta.width)
+        h, w = scaled_size(meta.height, meta.width, self.short_side)
+        return VideoInfo(meta.num_frames, float(meta.average_fps), h, w)
 
-    def read(self, path: str, indices: list[int]) -> np.ndarray:
+    def read(self, path: str, indices: list[int]) -> np.ndarray | torch.Tensor:
+        options = {"dimension_order": "NHWC", "num_ffmpeg_threads": self.threads, "device": self.device}
         try:
-            batch = self._decoder(path, dimension_order="NHWC", num_ffmpeg_threads=self.threads).get_frames_at(indices)
+            if self.short_side:
+                from torchcodec.transforms import Resize
+
+                meta = self._decoder(path, seek_mode="approximate").metadata
+                size = scaled_size(meta.height, meta.width, self.short_side)
+                if size != (meta.height, meta.width):
+                    options["transforms"] = [Resize(size)]
+            batch = self._decoder(path, **options).get_frames_at(indices)
         except (RuntimeError, IndexError, ValueError) as err:
             raise VideoReadError(f"{path}: {err}") from err
-        return batch.data.numpy()
+        return batch.data if self.device != "cpu" else batch.data.numpy()
+
+
+def check_cuda_decoding(device: str) -> None:
+    """A one-line `ConfigError` unless `device` is a CUDA device that torchcodec can decode on."""
+    if not device.startswith("cuda"):
+        raise ConfigError(f"data.decode_device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"data.decode_device: {device!r}, but this torch build sees no CUDA device "
+                          f"(torch {torch.__version__}); use decode_device: cpu")
 
 
 _BACKENDS = {"pyav": (PyAVBackend, "av"), "frames": (FrameFolderBackend, None),
@@ -326,6 +468,7 @@ def available_backends() -> list[str]:
 
 
 def get_backend(name: str | None = None, **kwargs):
+    """A backend by name (None: PyAV); `kwargs` go to its constructor (threads, short_side, ...)."""
     name = name or "pyav"
     if name not in _BACKENDS:
         raise ConfigError(f"unknown video backend {name!r}; backends: {', '.join(_BACKENDS)}")
@@ -370,4 +513,5 @@ def read_frames(path: str | os.PathLike, indices, backend=None) -> torch.Tensor:
     if not indices:
         raise ValueError("read_frames needs at least one frame index")
     _check_exists(path)
-    return torch.from_numpy(_backend_for(path, backend).read(path, indices))
+    frames = _backend_for(path, backend).read(path, indices)
+    return frames if isinstance(frames, torch.Tensor) else torch.from_numpy(frames)
