@@ -7,8 +7,8 @@ The three settings are measured in one process and interleaved round by round, s
 processes on a shared machine slow them alike: the ratios to fp32 (median over rounds) are the
 result, the absolute times (minimum over rounds) only a guide; `min_ms_to_bound` divides them by the
 step's counted FLOPs at this machine's GEMM rate of its precision (2048^3, measured after). One thread
-by default, so that an oversubscribed machine does not make OpenMP spin. docs/benchmarks.md ("Precision") has the figures
-behind `precision: auto`.
+by default, so that an oversubscribed machine does not make OpenMP spin. docs/benchmarks.md
+("Precision") has the figures behind `precision: auto`.
 """
 
 from __future__ import annotations

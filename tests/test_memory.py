@@ -83,8 +83,10 @@ def test_recompute_runs_the_exchange_and_mlp_adapters_again_in_backward(monkeypa
     full = _calls(_model(memory="full"), video, monkeypatch)
     depth = CAST.from_preset("cast_tiny").config.depth
     assert full == {"exchange": depth, "mlp adapter": 2 * depth, "frozen mlp": 2 * depth}
-    again = _calls(_model(memory="recompute"), video, monkeypatch)
-    assert again == {"exchange": 2 * depth, "mlp adapter": 4 * depth, "frozen mlp": 2 * depth}  # the MLP is not rerun
+    for mode in ("recompute", "recompute_bf16"):
+        again = _calls(_model(memory=mode), video, monkeypatch)
+        assert again == {"exchange": 2 * depth, "mlp adapter": 4 * depth, "frozen mlp": 2 * depth}, mode  # MLP: once
+    assert _calls(_model(memory="bf16"), video, monkeypatch) == full
 
 
 def test_bf16_storage_halves_what_the_frozen_branches_keep(monkeypatch):

@@ -88,13 +88,14 @@ class CASTConfig:
     # Activation checkpointing per block while training: activations are recomputed in the backward
     # pass, trading about a third more compute for memory (0.62x peak on the tiny preset, CPU).
     grad_checkpointing: bool = False
-    # What the frozen experts' activations cost in training, when grad_checkpointing is off:
+    # What the frozen experts' activations cost in training, when grad_checkpointing is off (and not
+    # under torch.compile, which plans that itself):
     # "full": autograd keeps every activation in fp32 (the reference);
     # "recompute": the exchange and LN2 + MLP adapter of each block are recomputed in backward from
     #   their inputs (exact; the same drop-path masks);
     # "bf16": the frozen experts' branches (attention, LN2, MLP) keep their activations in bf16;
     # "recompute_bf16": both.
-    memory: str = "recompute_bf16"
+    memory: str = "bf16"
 
     def __post_init__(self):
         if self.memory not in MEMORY_MODES:
@@ -372,8 +373,10 @@ class CAST(nn.Module):
 
     def _memory_plan(self) -> tuple[AbstractContextManager, bool]:
         """(the context of the frozen branches, whether to recompute) for `CASTConfig.memory`; a plain
-        run where nothing is kept for backward (no grad, or eval)."""
-        mode = self.config.memory if self.training and torch.is_grad_enabled() else "full"
+        run where nothing is kept for backward (no grad, or eval), and under torch.compile, whose
+        partitioner chooses what to keep and what to recompute for the whole graph itself."""
+        kept = self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        mode = self.config.memory if kept else "full"
         frozen = nullcontext()
         if mode in ("bf16", "recompute_bf16"):
             resident = [*self.parameters(), *self.buffers()]
