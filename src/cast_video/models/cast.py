@@ -393,7 +393,7 @@ class CAST(nn.Module):
             for plain in self.temporal.blocks[i * kt:(i + 1) * kt - 1]:
                 xt = plain(xt, joint_time=True)
         return self.blocks[i](xs, xt, self.spatial.blocks[(i + 1) * ks - 1], self.temporal.blocks[(i + 1) * kt - 1],
-                              frozen, recompute)
+                              frozen=frozen, recompute=recompute)
 
     def pool_embeddings(self, tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The features the heads read: {"spatial": CLS(X_s) (B, Ds), "temporal": GAP(X_t) (B, Dt)}, and
