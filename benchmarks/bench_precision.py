@@ -5,9 +5,10 @@
 
 The three settings are measured in one process and interleaved round by round, so that other
 processes on a shared machine slow them alike: the ratios to fp32 (median over rounds) are the
-result, the absolute times (minimum over rounds) only a guide. One thread by default, so that an
-oversubscribed machine does not make OpenMP spin. docs/benchmarks.md ("Precision") has the figures
-behind `precision: auto`.
+result, the absolute times (minimum over rounds) only a guide; `min_ms_to_bound` divides them by the
+step's counted FLOPs at this machine's GEMM rate of its precision (2048^3, measured after). One thread
+by default, so that an oversubscribed machine does not make OpenMP spin. docs/benchmarks.md
+("Precision") has the figures behind `precision: auto`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import statistics
 
 import torch
 
-from cast_video.benchmark import measure
+from cast_video.benchmark import count_step_gflops, gemm_gflops, measure
 from cast_video.models import CAST, preset_config
 from cast_video.seeds import BENCHMARK_SEED
 
@@ -39,8 +40,15 @@ def compare(preset: str, mode: str, batch: int, rounds: int, steps: int, warmup:
             times[name].append(round(m.ms_per_step, 1))
     ratios = {name: round(statistics.median(t / f for t, f in zip(times[name], times["fp32"], strict=True)), 2)
               for name in models}
+    # the matrix units' bound of each setting: counted FLOPs at this machine's GEMM rate of its precision
+    cpu = torch.device("cpu")
+    rates = {"fp32": gemm_gflops(torch.float32, cpu), "bf16": gemm_gflops(torch.bfloat16, cpu)}
+    gflops = count_step_gflops(cfg, mode, batch)
+    bounds = {name: gflops / rates[precision] * 1000 for name, (_, precision) in models.items()}
     return {"preset": preset, "mode": mode, "batch": batch, "threads": torch.get_num_threads(),
-            "ratio_to_fp32": ratios, "min_ms": {name: min(t) for name, t in times.items()}, "rounds": times}
+            "ratio_to_fp32": ratios, "min_ms": {name: min(t) for name, t in times.items()}, "rounds": times,
+            "gemm_gflops": {k: round(v, 1) for k, v in rates.items()}, "gflops_per_step": round(gflops, 1),
+            "min_ms_to_bound": {name: round(min(times[name]) / bounds[name], 2) for name in models}}
 
 
 def main() -> None:

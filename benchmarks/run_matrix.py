@@ -24,10 +24,12 @@ from pathlib import Path
 import torch
 
 from cast_video.benchmark import device_name
+from cast_video.models.cast import MEMORY_MODES, CASTConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "cast_video", "benchmark"]
 B16 = "cast_b16_ek100"
+DEFAULT_MEMORY = CASTConfig().memory
 
 
 def cpu_rows(quick: bool) -> list[list[str]]:
@@ -37,14 +39,17 @@ def cpu_rows(quick: bool) -> list[list[str]]:
         ["cast_tiny", "--mode", "train", "--warmup", "3", "--steps", "20"],
         ["cast_tiny", "--mode", "train", "--batch", "8", "--warmup", "3", "--steps", "20"],
         ["cast_tiny", "--mode", "train", "--batch", "8", "--compile", "--warmup", "4", "--steps", "20"],
-        [B16, "--mode", "infer", *few],
-        [B16, "--mode", "infer", "--attention", "math", *few],
-        [B16, "--mode", "infer", "--threads", "1", *fewer],
-        [B16, "--mode", "infer", "--precision", "bf16", *fewer],
-        [B16, "--mode", "infer", "--compile", "--warmup", "2", "--steps", "1" if quick else "3"],
-        [B16, "--mode", "train", *few],
-        [B16, "--mode", "train", "--attention", "math", *few],
-        [B16, "--mode", "train", "--grad-checkpointing", *few],
+        [B16, "--mode", "infer", "--precision", "fp32", "--gemm", *few],
+        [B16, "--mode", "infer", "--precision", "bf16", "--gemm", *fewer],
+        [B16, "--mode", "infer", "--precision", "fp32", "--attention", "math", *few],
+        [B16, "--mode", "infer", "--precision", "fp32", "--threads", "1", *fewer],
+        [B16, "--mode", "infer", "--precision", "fp32", "--compile", "--warmup", "2", "--steps", "1" if quick else "3"],
+        # training in fp32, as the official rows: the default memory option first, then the others
+        [B16, "--mode", "train", "--precision", "fp32", *few],
+        *([B16, "--mode", "train", "--precision", "fp32", "--memory", m, *few]
+          for m in MEMORY_MODES if m != DEFAULT_MEMORY),
+        [B16, "--mode", "train", "--precision", "fp32", "--attention", "math", *few],
+        [B16, "--mode", "train", "--precision", "fp32", "--grad-checkpointing", *few],
     ]
 
 
@@ -56,6 +61,9 @@ def gpu_rows() -> list[list[str]]:
     for batch in ("6", "16", "32", "64"):
         for extra in ([], ["--compile"], ["--grad-checkpointing"]):
             rows.append([B16, "--mode", "train", "--batch", batch, "--precision", "bf16", *extra, *steps])
+    for batch in ("6", "32"):  # the memory options (the default is the plain row above)
+        rows += [[B16, "--mode", "train", "--batch", batch, "--precision", "bf16", "--memory", m, *steps]
+                 for m in MEMORY_MODES if m != DEFAULT_MEMORY]
     return rows
 
 
@@ -71,16 +79,20 @@ def run_row(command: list[str]) -> dict:
 
 
 def table(rows: list[tuple[str, dict]]) -> list[str]:
-    lines = ["| command | ms/step | clips/s | peak memory (GB) | GMACs/view | MFU | CPU busy |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| command | ms/step | clips/s | peak memory (GB) | GMACs/view | MFU | time / GEMM bound | CPU busy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for command, r in rows:
         if "error" in r:
-            lines.append(f"| `{command}` | failed: {r['error']} | | | | | |")
+            lines.append(f"| `{command}` | failed: {r['error']} | | | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f}" if r.get("mfu") is not None else "-"
         gmacs = f"{r['gmacs_per_view']:.4g}" if "gmacs_per_view" in r else "-"
+        bound = "-"
+        if r.get("time_to_bound") is not None:
+            rate = r["gemm_gflops"]["fp32" if r["precision"] == "fp32" else "bf16"]
+            bound = f"{r['time_to_bound']:.2f} (bound {r['bound_ms'] / 1000:.2f} s at {rate:.0f} GFLOP/s)"
         lines.append(f"| `{command}` | {r['ms_per_step']:.1f} | {r['clips_per_s']:.3f} | "
-                     f"{r['peak_memory_gb']:.2f} | {gmacs} | {mfu} | {r.get('cpu_busy', '-')} |")
+                     f"{r['peak_memory_gb']:.2f} | {gmacs} | {mfu} | {bound} | {r.get('cpu_busy', '-')} |")
     return lines
 
 
@@ -93,7 +105,8 @@ def ratios(rows: list[tuple[str, dict]]) -> list[str]:
 
     base = {}  # the first plain row of each mode and batch: the matrix lists the default setting first
     for _, r in ok:
-        if r.get("preset") == B16 and r["attention"] == "sdpa" and not r["compile"] and not r["grad_checkpointing"]:
+        if (r.get("preset") == B16 and r["attention"] == "sdpa" and not r["compile"] and not r["grad_checkpointing"]
+                and r.get("memory", DEFAULT_MEMORY) == DEFAULT_MEMORY):
             base.setdefault(key(r), r)
     lines = []
     for command, r in ok:

@@ -19,8 +19,9 @@ LINUX_PEAK_RESET = Path("/proc/self/clear_refs").exists()
 
 
 def _model(**overrides):
+    """cast_tiny with every activation kept in fp32 (memory "full": tests/test_memory.py covers the others)."""
     torch.manual_seed(0)
-    model = CAST.from_preset("cast_tiny", **overrides)
+    model = CAST.from_preset("cast_tiny", **{"memory": "full", **overrides})
     with torch.no_grad():  # adapters and exchange up-projections start at zero: make them count
         for _, p in model.trainable_parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -160,3 +161,33 @@ def test_benchmark_command_reports_every_figure(capsys):
     text = capsys.readouterr().out
     for key in ("bf16", "attention math", "ms/step", "clips/s", "peak memory", "GMACs per view", "MFU"):
         assert key in text
+
+
+def test_gemm_rate_is_the_flops_of_a_matmul_over_its_time(monkeypatch):
+    """2 n^3 FLOPs per n x n matmul, `repeats` of them over the timed interval (one warm-up untimed)."""
+    from cast_video import benchmark
+
+    clock = iter([10.0, 10.5])  # the timed interval: 0.5 s
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(clock))
+    rate = benchmark.gemm_gflops(torch.float32, torch.device("cpu"), size=64, repeats=4)
+    assert rate == pytest.approx(2 * 64**3 * 4 / 0.5 / 1e9)
+
+
+def test_benchmark_gemm_bound_and_memory_option(capsys):
+    """--gemm: the bound is the counted FLOPs at the rate of the run's precision, and the ratio is the
+    measured time over it; --memory reaches the model (and its recomputation is not counted as FLOPs)."""
+    assert main(["benchmark", "cast_tiny", "--precision", "bf16", "--steps", "1", "--warmup", "0", "--gemm",
+                 "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert set(row["gemm_gflops"]) == {"fp32", "bf16"} and min(row["gemm_gflops"].values()) > 0
+    assert row["bound_ms"] == pytest.approx(row["gflops_per_step"] / row["gemm_gflops"]["bf16"] * 1000, rel=0.01,
+                                            abs=0.1)
+    assert row["time_to_bound"] == pytest.approx(row["ms_per_step"] / row["bound_ms"], rel=0.02)
+    flops = {}
+    for memory in ("full", "recompute"):
+        assert main(["benchmark", "cast_tiny", "--mode", "train", "--precision", "fp32", "--memory", memory,
+                     "--steps", "1", "--warmup", "0", "--json"]) == 0
+        row = json.loads(capsys.readouterr().out)
+        assert row["memory"] == memory and row["gemm_gflops"] is None and row["bound_ms"] is None
+        flops[memory] = row["gflops_per_step"]
+    assert flops["full"] == flops["recompute"]

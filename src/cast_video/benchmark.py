@@ -80,6 +80,33 @@ class BenchResult:
     precision_reason: str = ""
     runtime: str = "torch"
     export_seconds: float | None = None  # onnxruntime: the time to export the model first (not in ms/step)
+    memory: str = ""  # CASTConfig.memory: what training keeps for backward
+    # --gemm: the machine's matrix rate, measured in the same process, and the bound it puts on a step
+    gemm_gflops: dict[str, float] | None = None  # {"fp32": GFLOP/s, "bf16": GFLOP/s} of a GEMM_SIZE^3 matmul
+    bound_ms: float | None = None  # counted GFLOPs per step / the GEMM rate of the step's precision
+    time_to_bound: float | None = None  # ms_per_step / bound_ms: 1 is the matrix units' speed limit
+
+
+GEMM_SIZE = 2048
+
+
+def gemm_gflops(dtype: torch.dtype, device: torch.device, size: int = GEMM_SIZE, repeats: int = 3) -> float:
+    """The rate of a size^3 matmul in `dtype` on `device`, in GFLOP/s (2 size^3 FLOPs each; one warm-up).
+
+    A large square GEMM is the fastest thing the matrix units do, so a step's counted FLOPs at this
+    rate bound its time from below; how far a step is from that bound says how much of it is not
+    matrix work at full speed (casts, copies, attention, element-wise ops)."""
+    gen = torch.Generator(device=device).manual_seed(BENCHMARK_SEED)
+    a, b = (torch.randn(size, size, generator=gen, device=device).to(dtype) for _ in range(2))
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
 def bf16_peak_tflops(gpu_name: str) -> float | None:
@@ -210,10 +237,10 @@ def count_step_gflops(config: CASTConfig, mode: str, batch: int) -> float:
 
     The backward of a frozen expert computes activation gradients but no weight gradients, so a
     CAST training step is about 2x, not the usual 3x, its forward; counting it beats assuming it.
-    Recomputation by activation checkpointing is not counted (MFU counts the model's FLOPs).
+    Recomputation (activation checkpointing, `CASTConfig.memory`) is not counted: MFU counts the model's FLOPs.
     """
     with torch.device("meta"):
-        model = CAST(config).train(mode == "train")
+        model = CAST(dataclasses.replace(config, grad_checkpointing=False, memory="full")).train(mode == "train")
         video = torch.empty(batch, 3, config.num_frames, config.img_size, config.img_size)
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
@@ -228,13 +255,17 @@ def count_step_gflops(config: CASTConfig, mode: str, batch: int) -> float:
 def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: str = "auto", attention: str = "sdpa",
                   compile: bool = False, grad_checkpointing: bool = False, steps: int = 3, warmup: int = 1,
                   device: str = "auto", threads: int | None = None, peak_tflops: float | None = None,
-                  overrides: dict | None = None, runtime: str = "torch") -> BenchResult:
+                  overrides: dict | None = None, runtime: str = "torch", memory: str | None = None,
+                  gemm: bool = False) -> BenchResult:
     """Build `preset` (random weights: speed does not depend on their values) and measure it.
 
     `precision="auto"` resolves as training and predict resolve it (`cast_video.precision`); in bf16 the
     frozen experts are stored in bf16 (`CAST.cast_frozen_`), as predict and training store them.
     `runtime="onnxruntime"`: export the model to ONNX first (`cast_video.deploy.export`, outside the
     timing) and time onnxruntime's CPU session on the same input, through the same harness (fp32).
+    `memory` overrides the preset's `CASTConfig.memory` (None: the preset's, the default).
+    `gemm`: also measure the fp32 and bf16 GEMM rates (`gemm_gflops`, after the timed steps) and the
+    step's bound at the rate of its precision (fp16 is bounded at the bf16 rate).
     """
     check_settings(mode, attention, steps, warmup, batch)
     if runtime not in RUNTIMES:
@@ -249,7 +280,7 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
         torch.set_num_threads(threads)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    cfg = preset_config(preset, overrides)
+    cfg = preset_config(preset, {**(overrides or {}), **({"memory": memory} if memory is not None else {})})
     torch.manual_seed(BENCHMARK_SEED)
     # Model FLOPs (for MFU) are counted on `cfg`, without the recomputation checkpointing adds.
     model = CAST(dataclasses.replace(cfg, grad_checkpointing=grad_checkpointing)).to(dev)
@@ -263,6 +294,9 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
             runner, export_seconds = _onnx_runner(model, Path(tmp), threads)
         m = measure(runner, video, mode, params, precision, attention, steps, warmup)
     gflops = count_step_gflops(cfg, mode, batch)
+    rates = {name: round(gemm_gflops(dt, dev), 1) for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))} \
+        if gemm else None
+    bound_ms = round(gflops / rates["fp32" if precision == "fp32" else "bf16"] * 1000, 1) if rates else None
     peak_tflops = peak_tflops or device_peak_tflops(dev)
     mfu = gflops * 1e9 / (m.ms_per_step / 1000) / (peak_tflops * 1e12) if peak_tflops else None
     return BenchResult(
@@ -270,6 +304,7 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
         torch.get_num_threads(), round(m.ms_per_step, 1), round(batch * 1000 / m.ms_per_step, 4),
         round(m.peak_memory_gb, 3), m.memory_kind, round(m.cpu_busy, 2), round(count_gmacs(cfg), 4), round(gflops, 3),
         round(mfu, 4) if mfu is not None else None, peak_tflops, torch.__version__, reason, runtime, export_seconds,
+        cfg.memory, rates, bound_ms, round(m.ms_per_step / bound_ms, 2) if bound_ms else None,
     )
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 from ..models import PRESETS
+from ..models.cast import MEMORY_MODES
 from ..precision import PRECISIONS
 
 
@@ -23,6 +24,10 @@ def register(sub) -> None:
     p.add_argument("--attention", choices=["sdpa", "math"], default="sdpa",
                    help="sdpa: the fastest kernel PyTorch has for the device; math: the reference path")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
+    p.add_argument("--memory", choices=MEMORY_MODES,
+                   help="what training keeps for backward (CASTConfig.memory; default: the preset's)")
+    p.add_argument("--gemm", action="store_true",
+                   help="also measure this machine's fp32 and bf16 GEMM rates and the step's bound at that rate")
     p.add_argument("--steps", type=int, default=3, help="timed steps")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
@@ -35,16 +40,17 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..benchmark import run_benchmark
+    from ..benchmark import GEMM_SIZE, run_benchmark
 
     r = run_benchmark(args.preset, args.mode, args.batch, args.precision, args.attention, args.compile,
                       args.grad_checkpointing, args.steps, args.warmup, args.device, args.threads, args.peak_tflops,
-                      runtime=args.runtime)
+                      runtime=args.runtime, memory=args.memory, gemm=args.gemm)
     if args.json:
         print(json.dumps(dataclasses.asdict(r)))
         return 0
     print(f"{r.preset} {r.mode}, batch {r.batch}, {r.precision}, attention {r.attention}"
           f"{', compiled' if r.compile else ''}{', grad checkpointing' if r.grad_checkpointing else ''}"
+          f", memory {r.memory}"
           f" on {r.device} ({r.threads} threads), PyTorch {r.torch_version}"
           + (f", onnxruntime (exported in {r.export_seconds} s)" if r.runtime == "onnxruntime" else ""))
     print(f"  precision {r.precision}: {r.precision_reason}")
@@ -53,6 +59,10 @@ def run(args) -> int:
     if r.memory_kind != "cuda max allocated":
         print(f"  CPU busy {r.cpu_busy:.2f} (CPU time / wall time / threads; well below 1: another process competed)")
     print(f"  {r.gmacs_per_view:.4g} GMACs per view, {r.gflops_per_step:.4g} GFLOPs per step")
+    if r.gemm_gflops is not None:
+        rates = ", ".join(f"{k} {v:.0f}" for k, v in r.gemm_gflops.items())
+        print(f"  GEMM {rates} GFLOP/s ({GEMM_SIZE}^3); bound {r.bound_ms:.1f} ms/step at the {r.precision} rate, "
+              f"measured {r.time_to_bound:.2f}x the bound")
     if r.mfu is not None:
         print(f"  MFU {100 * r.mfu:.1f}% of {r.peak_tflops:.0f} TFLOP/s (dense bf16 peak)")
     else:

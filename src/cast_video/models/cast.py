@@ -8,6 +8,7 @@ Reading order: `CASTConfig` (every option, one per ablation of the paper), `CAST
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -18,12 +19,14 @@ from ..normalization import PIXEL_STATS
 from .bcast import BCASTConfig, LateralExchange, build_cross_exchange
 from .capture import capture_cross_attention, relevance_maps
 from .experts import ExpertBlock, ExpertConfig, ViTExpert
-from .layers import Adapter, DropPath, trunc_normal_init, zero_init
+from .layers import Adapter, DropPath, SavedInBf16, trunc_normal_init, zero_init
 
 EXCHANGES = ("bcast", "xattn", "xattn_adapter", "lateral", "none")
 HEAD_SOURCES = ("spatial", "temporal", "fused")
 FUSIONS = ("adapter_add", "add", "concat")
 ENSEMBLE_MEMBERS = ("spatial", "temporal")
+# What a training forward keeps for backward (`CASTConfig.memory`; trade-offs in docs/benchmarks.md).
+MEMORY_MODES = ("full", "recompute", "bf16", "recompute_bf16")
 
 
 def member_key(head: str, member: str) -> str:
@@ -85,8 +88,18 @@ class CASTConfig:
     # Activation checkpointing per block while training: activations are recomputed in the backward
     # pass, trading about a third more compute for memory (0.62x peak on the tiny preset, CPU).
     grad_checkpointing: bool = False
+    # What the frozen experts' activations cost in training, when grad_checkpointing is off (and not
+    # under torch.compile, which plans that itself):
+    # "full": autograd keeps every activation in fp32 (the reference);
+    # "recompute": the exchange and LN2 + MLP adapter of each block are recomputed in backward from
+    #   their inputs (exact; the same drop-path masks);
+    # "bf16": the frozen experts' branches (attention, LN2, MLP) keep their activations in bf16;
+    # "recompute_bf16": both.
+    memory: str = "bf16"
 
     def __post_init__(self):
+        if self.memory not in MEMORY_MODES:
+            raise ValueError(f"memory must be one of {MEMORY_MODES}, got {self.memory!r}")
         if self.exchange not in EXCHANGES:
             raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
         if self.fusion not in FUSIONS:
@@ -187,32 +200,57 @@ class CASTBlock(nn.Module):
         if self.exchange is not None:
             self.exchange.init_weights()
 
-    def forward(self, xs: torch.Tensor, xt: torch.Tensor, spatial: ExpertBlock, temporal: ExpertBlock):
-        """xs: spatial tokens (B, T, Ls, Ds), xt: temporal tokens (B, T, Lt, Dt); shapes are kept."""
+    def forward(self, xs: torch.Tensor, xt: torch.Tensor, spatial: ExpertBlock, temporal: ExpertBlock,
+                frozen: AbstractContextManager | None = None, recompute: bool = False):
+        """xs: spatial tokens (B, T, Ls, Ds), xt: temporal tokens (B, T, Lt, Dt); shapes are kept.
+
+        `frozen`: the context the frozen experts' branches run in (`SavedInBf16` keeps what they save
+        for backward in bf16); `recompute`: recompute the exchange and LN2 + MLP adapter in backward
+        (`CASTConfig.memory`). Neither changes the forward's values.
+        """
+        frozen = frozen or nullcontext()
         # eq. 3: Y = X + MHSA(LN(X)) + ADAP(MHSA(LN(X))); spatial attention within a frame,
         # temporal attention over space-time.
-        a_s = spatial.attention(xs, joint_time=False)
-        a_t = temporal.attention(xt, joint_time=True)
+        with frozen:
+            a_s = spatial.attention(xs, joint_time=False)
+            a_t = temporal.attention(xt, joint_time=True)
         xs = xs + a_s + (self.s_attn_adapter(a_s) if self.s_attn_adapter is not None else 0)
         xt = xt + a_t + (self.t_attn_adapter(a_t) if self.t_attn_adapter is not None else 0)
         # eq. 4: B = Y + Phi(Y_s, Y_t)
         if self.exchange is not None:
-            delta_s, delta_t = self.exchange(xs, xt)
+            if recompute:  # only xs and xt are kept; the exchange runs again in backward
+                delta_s, delta_t = checkpoint(self.exchange, xs, xt, use_reentrant=False)
+            else:
+                delta_s, delta_t = self.exchange(xs, xt)
             if delta_s is not None:
                 xs = xs + self.drop_path(delta_s)
             if delta_t is not None:
                 xt = xt + self.drop_path(delta_t)
         # eq. 5: X' = B + FFN(LN(B)) + s * ADAP(LN(B)), s = 0.5 as in the official model
-        xs = self._ffn(xs, spatial, self.s_mlp_adapter)
-        xt = self._ffn(xt, temporal, self.t_mlp_adapter)
+        xs = self._ffn(xs, spatial, self.s_mlp_adapter, frozen, recompute)
+        xt = self._ffn(xt, temporal, self.t_mlp_adapter, frozen, recompute)
         return xs, xt
 
-    def _ffn(self, x: torch.Tensor, block: ExpertBlock, adapter: Adapter | None) -> torch.Tensor:
-        h = block.norm2(x)
-        x = x + block.feed_forward(h)
-        if adapter is not None:
-            x = x + self.drop_path(self.mlp_adapter_scale * adapter(h))
-        return x
+    def _ffn(self, x: torch.Tensor, block: ExpertBlock, adapter: Adapter | None, frozen: AbstractContextManager,
+             recompute: bool) -> torch.Tensor:
+        if adapter is None:
+            with frozen:
+                return x + block.feed_forward(block.norm2(x))
+        if recompute:  # keeps x only: LN2 and the adapter run again in backward
+            h, side = checkpoint(_norm_and_adapt, x, block.norm2, adapter, use_reentrant=False)
+        else:
+            with frozen:
+                h = block.norm2(x)
+            side = adapter(h)
+        with frozen:
+            x = x + block.feed_forward(h)
+        return x + self.drop_path(self.mlp_adapter_scale * side)
+
+
+def _norm_and_adapt(x: torch.Tensor, norm: nn.Module, adapter: Adapter) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LN2(x), ADAP(LN2(x))) of eq. 5; the frozen MLP reads the first, which it does not keep."""
+    h = norm(x)
+    return h, adapter(h)
 
 
 class CAST(nn.Module):
@@ -333,21 +371,38 @@ class CAST(nn.Module):
         self._check_input(video)
         xs = self.spatial.embed(video)
         xt = self.temporal.embed(video)
+        checkpointing = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
+        frozen, recompute = self._memory_plan() if not checkpointing else (nullcontext(), False)
         for i in range(len(self.blocks)):
-            if self.config.grad_checkpointing and self.training:  # recompute activations in backward: less memory
+            if checkpointing:  # recompute activations in backward: less memory
                 xs, xt = checkpoint(self._step, i, xs, xt, use_reentrant=False)
             else:
-                xs, xt = self._step(i, xs, xt)
+                xs, xt = self._step(i, xs, xt, frozen, recompute)
         return xs, xt
 
-    def _step(self, i: int, xs: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _memory_plan(self) -> tuple[AbstractContextManager, bool]:
+        """(the context of the frozen branches, whether to recompute) for `CASTConfig.memory`; a plain
+        run where nothing is kept for backward (no grad, or eval), and under torch.compile, whose
+        partitioner chooses what to keep and what to recompute for the whole graph itself."""
+        kept = self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        mode = self.config.memory if kept else "full"
+        frozen = nullcontext()
+        if mode in ("bf16", "recompute_bf16"):
+            resident = [*self.parameters(), *self.buffers()]
+            frozen = SavedInBf16({t.untyped_storage().data_ptr() for t in resident})
+        return frozen, mode in ("recompute", "recompute_bf16")
+
+    def _step(self, i: int, xs: torch.Tensor, xt: torch.Tensor, frozen: AbstractContextManager | None = None,
+              recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """CAST block i (eq. 3-5), after the deeper expert's unadapted blocks before it (`CASTConfig.depth`)."""
         ks, kt = self.config.blocks_per_step("spatial"), self.config.blocks_per_step("temporal")
-        for plain in self.spatial.blocks[i * ks:(i + 1) * ks - 1]:
-            xs = plain(xs, joint_time=False)
-        for plain in self.temporal.blocks[i * kt:(i + 1) * kt - 1]:
-            xt = plain(xt, joint_time=True)
-        return self.blocks[i](xs, xt, self.spatial.blocks[(i + 1) * ks - 1], self.temporal.blocks[(i + 1) * kt - 1])
+        with frozen or nullcontext():
+            for plain in self.spatial.blocks[i * ks:(i + 1) * ks - 1]:
+                xs = plain(xs, joint_time=False)
+            for plain in self.temporal.blocks[i * kt:(i + 1) * kt - 1]:
+                xt = plain(xt, joint_time=True)
+        return self.blocks[i](xs, xt, self.spatial.blocks[(i + 1) * ks - 1], self.temporal.blocks[(i + 1) * kt - 1],
+                              frozen=frozen, recompute=recompute)
 
     def pool_embeddings(self, tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The features the heads read: {"spatial": CLS(X_s) (B, Ds), "temporal": GAP(X_t) (B, Dt)}, and

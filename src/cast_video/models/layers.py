@@ -96,10 +96,15 @@ class CrossAttention(nn.Module):
 
 
 class QuickGELU(nn.Module):
-    """CLIP's sigmoid approximation of GELU; its weights were trained with it."""
+    """CLIP's sigmoid approximation of GELU, x * sigmoid(1.702 x); its weights were trained with it.
+
+    Written as silu(1.702 x) / 1.702 (the same function): autograd then keeps one tensor for backward,
+    not the two (x and the sigmoid) of the product, which in CAST-B/16 training is 222 MB of the 2.2 GB
+    a step keeps (docs/benchmarks.md, "What training keeps for backward").
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return F.silu(1.702 * x) / 1.702
 
 
 ACTIVATIONS = {"gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"), "quick_gelu": QuickGELU}
@@ -171,6 +176,33 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class SavedInBf16(torch.autograd.graph.saved_tensors_hooks):
+    """Inside this context, the float32 activations autograd saves for backward are kept in bfloat16
+    and turned back into float32 when backward reads them: half the memory, at bf16's rounding (a
+    relative 2**-9) of what backward computes from them.
+
+    Tensors whose storage is in `keep` (the model's parameters and buffers: resident anyway, and a
+    copy would add memory), non-float32 tensors, small ones (under `min_numel`) and per-token
+    statistics (a last axis of 1: LayerNorm's means and inverse deviations) are kept as they are.
+    `packed` counts the values stored in bf16 so far.
+    """
+
+    def __init__(self, keep: set[int], min_numel: int = 4096):
+        self.packed = 0
+
+        def pack(t: torch.Tensor):
+            if (t.dtype != torch.float32 or t.numel() < min_numel or t.shape[-1] == 1
+                    or t.untyped_storage().data_ptr() in keep):
+                return t
+            self.packed += t.numel()
+            return (t.to(torch.bfloat16),)  # a tuple marks what was packed
+
+        def unpack(packed):
+            return packed[0].float() if isinstance(packed, tuple) else packed
+
+        super().__init__(pack, unpack)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

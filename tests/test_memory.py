@@ -1,0 +1,154 @@
+"""`CASTConfig.memory`: what a training step keeps for backward. Every option computes the forward of the
+reference ("full"); recomputation gives its gradients exactly, bf16 storage within bf16 rounding."""
+
+import pytest
+import torch
+from torch import nn
+
+from cast_video import CAST
+from cast_video.models.bcast import CrossExchange
+from cast_video.models.experts import ExpertBlock
+from cast_video.models.layers import Adapter, QuickGELU, SavedInBf16
+
+VIDEO_SHAPE = (2, 3, 8, 32, 32)
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    model = CAST.from_preset("cast_tiny", drop_path=0.3, **overrides)
+    with torch.no_grad():  # adapters and exchange up-projections start at zero: make them count
+        for _, p in model.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.train()
+
+
+def _step(model, video):
+    """Outputs and trainable gradients of one step; seeded so that every option draws the same drop-path masks."""
+    torch.manual_seed(1)
+    out = model(video)
+    (out["verb"].square().sum() + out["noun"].sum()).backward()
+    return {k: v.detach() for k, v in out.items()}, {n: p.grad.clone() for n, p in model.trainable_parameters()}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    torch.manual_seed(5)
+    video = torch.randn(*VIDEO_SHAPE)
+    return video, _step(_model(memory="full"), video)
+
+
+@pytest.mark.parametrize("mode", ["recompute", "bf16", "recompute_bf16"])
+def test_memory_options_give_the_reference_outputs_and_gradients(mode, reference):
+    """Outputs: the same bits (no option changes the forward). Gradients: exact for recomputation in
+    fp32 (the same ops on the same values, the same drop-path masks replayed); with bf16 storage each
+    trainable parameter's gradient within 1e-3 of its norm (bf16 keeps 8 bits: 2**-9 relative per
+    stored value; measured about 2e-4 here)."""
+    video, (ref_out, ref_grads) = reference
+    out, grads = _step(_model(memory=mode), video)
+    for k in ref_out:
+        assert torch.equal(out[k], ref_out[k]), k
+    assert ref_grads.keys() == grads.keys()
+    for n, g in ref_grads.items():
+        if mode == "recompute":
+            torch.testing.assert_close(grads[n], g, rtol=1e-6, atol=1e-9, msg=n)
+        else:
+            assert (grads[n] - g).norm() <= 1e-3 * g.norm() + 1e-9, n
+
+
+def _calls(model, video, monkeypatch):
+    """How often the exchange, the MLP adapters and the frozen MLP run during one step (forward +
+    backward; the recomputation runs the methods again, without module hooks)."""
+    counts = {"exchange": 0, "mlp adapter": 0, "frozen mlp": 0}
+    mlp_adapters = {id(b.s_mlp_adapter) for b in model.blocks} | {id(b.t_mlp_adapter) for b in model.blocks}
+
+    def counting(cls, method, key, only=None):
+        original = getattr(cls, method)
+
+        def wrapper(self, *args, **kwargs):
+            if only is None or id(self) in only:
+                counts[key] += 1
+            return original(self, *args, **kwargs)
+        monkeypatch.setattr(cls, method, wrapper)
+
+    counting(CrossExchange, "forward", "exchange")
+    counting(Adapter, "forward", "mlp adapter", mlp_adapters)
+    counting(ExpertBlock, "feed_forward", "frozen mlp")
+    _step(model, video)
+    monkeypatch.undo()
+    return counts
+
+
+def test_recompute_runs_the_exchange_and_mlp_adapters_again_in_backward(monkeypatch):
+    video = torch.randn(*VIDEO_SHAPE)
+    full = _calls(_model(memory="full"), video, monkeypatch)
+    depth = CAST.from_preset("cast_tiny").config.depth
+    assert full == {"exchange": depth, "mlp adapter": 2 * depth, "frozen mlp": 2 * depth}
+    for mode in ("recompute", "recompute_bf16"):
+        again = _calls(_model(memory=mode), video, monkeypatch)
+        assert again == {"exchange": 2 * depth, "mlp adapter": 4 * depth, "frozen mlp": 2 * depth}, mode  # MLP: once
+    assert _calls(_model(memory="bf16"), video, monkeypatch) == full
+
+
+def test_bf16_storage_halves_what_the_frozen_branches_keep(monkeypatch):
+    """Every large fp32 activation the frozen experts save goes to bf16; parameters are never copied."""
+    packs = []
+    init = SavedInBf16.__init__
+
+    def spy(self, keep, min_numel=4096):
+        init(self, keep, min_numel)
+        packs.append(self)
+
+    monkeypatch.setattr(SavedInBf16, "__init__", spy)
+    model = _model(memory="bf16")
+    _step(model, torch.randn(*VIDEO_SHAPE))
+    assert len(packs) == 1 and packs[0].packed > 0
+    # one step's frozen branches save at least the MLP hidden activations: 2 experts x 2 blocks x 4D x tokens
+    cfg, tokens = model.config, 2 * 4 * (model.spatial.num_patches + 1)
+    assert packs[0].packed >= 2 * 2 * 4 * cfg.spatial.width * tokens * 0.9
+
+
+def test_nothing_changes_without_gradients():
+    """eval and no_grad runs keep nothing for backward: every option is the plain forward."""
+    video = torch.randn(*VIDEO_SHAPE)
+    with torch.no_grad():
+        outs = [_model(memory=m).eval()(video) for m in ("full", "recompute_bf16")]
+    for k in outs[0]:
+        assert torch.equal(outs[0][k], outs[1][k])
+
+
+def test_saved_in_bf16_keeps_parameters_and_small_tensors():
+    w = nn.Parameter(torch.randn(256, 256))
+    x = torch.randn(64, 256, requires_grad=True)
+    stored = []
+    hooks = SavedInBf16({w.untyped_storage().data_ptr()}, min_numel=1000)
+    pack = hooks.pack_hook
+    hooks.pack_hook = lambda t: stored.append(pack(t)) or stored[-1]
+    with hooks:
+        y = torch.tanh((x @ w) / 16)  # mm saves x and w; tanh saves its 64x256 output
+        stats = torch.randn(64, 1, requires_grad=True) * 2  # a per-token column: kept
+        (y * stats).sum().backward()
+    kept = [s for s in stored if isinstance(s, torch.Tensor)]
+    packed = [s[0] for s in stored if isinstance(s, tuple)]
+    assert any(s is w for s in kept) and all(p.dtype == torch.bfloat16 for p in packed)
+    assert {tuple(p.shape) for p in packed} == {(64, 256)} and hooks.packed == 64 * 256 * len(packed)
+    assert any(tuple(s.shape) == (64, 1) for s in kept)
+    xr = x.detach().clone().requires_grad_()
+    (torch.tanh((xr @ w) / 16) * stats.detach()).sum().backward()
+    assert 0 < (x.grad - xr.grad).norm() <= 1e-2 * xr.grad.norm()  # rounded (not equal), within bf16's 2**-9
+
+
+def test_quick_gelu_is_x_sigmoid_and_keeps_one_tensor():
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = QuickGELU()(x)
+    torch.testing.assert_close(y, x * torch.sigmoid(1.702 * x), rtol=1e-12, atol=1e-12)
+    (g,) = torch.autograd.grad(y.sum(), x)
+    s = torch.sigmoid(1.702 * x)
+    torch.testing.assert_close(g, s + 1.702 * x * s * (1 - s), rtol=1e-10, atol=1e-12)  # d/dx x sigma(ax)
+    assert len([t for t in saved if t.numel() == x.numel()]) == 1
+
+
+def test_memory_must_be_a_known_option():
+    with pytest.raises(ValueError, match="memory must be one of"):
+        CAST.from_preset("cast_tiny", memory="half")
