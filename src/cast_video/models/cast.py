@@ -95,7 +95,7 @@ class CASTConfig:
     #   their inputs (exact; the same drop-path masks);
     # "bf16": the frozen experts' branches (attention, LN2, MLP) keep their activations in bf16;
     # "recompute_bf16": both.
-    memory: str = "bf16"
+    memory: str = "full"
 
     def __post_init__(self):
         if self.memory not in MEMORY_MODES:
