@@ -312,6 +312,17 @@ def test_a_nested_override_merges_into_the_yaml_mapping(tmp_path):
         load_yaml(TrainConfig, path, ["seed.x=3"])
 
 
+def test_an_override_that_is_not_yaml_is_the_string_as_typed(tmp_path):
+    """`{participant_id}/{video_id}.mp4` is not YAML (a flow mapping followed by text): a string field takes
+    it as typed; a field of another type still refuses it, naming the key."""
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model": {"preset": "cast_tiny"}}))
+    cfg = load_yaml(TrainConfig, path, ["data.video_template={participant_id}/{video_id}.mp4"])
+    assert cfg.data.video_template == "{participant_id}/{video_id}.mp4"
+    with pytest.raises(ConfigError, match=r"optim.epochs: expected"):
+        load_yaml(TrainConfig, path, ["optim.epochs={3}/x"])
+
+
 def test_overrides_go_anywhere_on_the_command_line():
     from cast_video.cli import _parse
 

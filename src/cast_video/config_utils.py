@@ -123,11 +123,18 @@ def to_dict(obj: Any) -> Any:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
-    """`a.b=value` -> ("a.b", value), the value read as YAML (so 3, 0.5, true, [1, 2] and null work)."""
+    """`a.b=value` -> ("a.b", value), the value read as YAML (so 3, 0.5, true, [1, 2] and null work).
+    A value that is not YAML (`{participant_id}/{video_id}.mp4`) is the string as typed: the field's
+    type is checked when the config is built, so a list or number field still refuses it by name."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    if not raw.strip():
+        return key.strip(), ""
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.strip(), raw
 
 
 def _field_type(tp: Any) -> Any:
