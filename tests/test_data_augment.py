@@ -412,3 +412,23 @@ def test_label_smoothing_targets_by_hand_alone_and_under_mixup():
     assert 0 < lam < 1
     torch.testing.assert_close(row, torch.tensor([0.025, 0.025 + 0.9 * lam, 0.025, 0.025 + 0.9 * (1 - lam)]))
     assert row.sum().item() == pytest.approx(1.0)
+
+
+def test_mix_cutmix_and_box_position_are_independent_draws():
+    """mix_prob 0.5 and switch_prob 0.5 with both mixup and cutmix on: about half of the pairs mix, about
+    half of those cut (the two choices use their own uniforms), and the pasted boxes sit anywhere in the
+    frame (their mean row is the frame's middle: the box centre is a draw of its own too)."""
+    b, h = 800, 16
+    cfg = DataConfig(**{**PLAIN, "mixup": 0.8, "cutmix": 1.0, "switch_prob": 0.5, "mix_prob": 0.5})
+    aug = build_gpu_augment(cfg, {"a": 2}, seed=0).train()
+    first = torch.arange(b) < b // 2  # each pair: a row of the first half (grey 60), its partner (grey 200)
+    video = torch.where(first, 60, 200).view(b, 1, 1, 1, 1).expand(b, 3, 2, h, h).to(torch.uint8)
+    out, t = aug(video, {"a": (~first).long()}, keys=torch.arange(b))
+    px = (denormalise(out, cfg) * 255)[: b // 2, 0, 0]  # (P, H, W): the first rows, channel 0, frame 0
+    mixed = t["a"][: b // 2, 0] < 1 - 1e-6  # its own share of the targets
+    pasted = (px - 200).abs() < 1e-2
+    cut = mixed & (pasted | ((px - 60).abs() < 1e-2)).flatten(1).all(1)  # each pixel one clip's or the other's
+    assert abs(mixed.float().mean().item() - 0.5) < 0.08
+    assert abs(cut[mixed].float().mean().item() - 0.5) < 0.1
+    rows = torch.arange(h).view(1, h, 1).expand_as(pasted)
+    assert abs(rows[pasted & cut[:, None, None]].float().mean().item() - (h - 1) / 2) < 1.0
