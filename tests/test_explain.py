@@ -53,29 +53,32 @@ def test_explain_writes_the_page_and_maps_of_the_clip_the_model_saw(tiny_dir, sm
                  "--target", "noun=noun3"]) == 0
     info = video_info(video)
     mapping = json.loads((out / "frames.json").read_text())
-    frames = mapping["clip_frames"]
+    assert mapping["clips"] == 1 and mapping["crops"] == 3 and mapping["shown_view"] == 1  # the centre crop
+    frames = mapping["views"][0]["clip_frames"]
+    assert [v["clip_frames"] for v in mapping["views"]] == [frames] * 3  # --clip-at: the crops of one clip
     assert len(frames) == 8 and frames == sorted(frames)
     assert abs((frames[0] + frames[-1]) / 2 - 2.0 * info.fps) <= info.fps  # centred on 2 s, spanning 2 s
     assert frames[-1] - frames[0] <= 2.0 * info.fps
-    assert mapping["spatial_frames"] == frames[1::2]
-    # the maps on disk are those of the model on exactly these frames and this crop, computed here anew
+    assert mapping["views"][1]["spatial_frames"] == frames[1::2]
+    # the maps on disk are those of the model on exactly these frames and crops, computed here anew
     model = from_pretrained(tiny_dir)
-    view = dataset.test_crops(read_frames(video, frames), 32, 32, 1)[0]
+    views = torch.cat([_normalised(v) for v in dataset.test_crops(read_frames(video, frames), 32, 32, 3)])
     with torch.no_grad():
-        logits, maps = model.cross_attention_maps(_normalised(view))
+        logits, maps = model.cross_attention_maps(views)
     saved = load_file(out / "maps.safetensors")
     for layer, dirs in maps.items():
         for direction, m in dirs.items():
-            torch.testing.assert_close(saved[f"layer{layer:02d}.{direction}"], m[0])
-    _, rel = model.relevance_maps(_normalised(view), {"noun": 3})
-    torch.testing.assert_close(saved["relevance.noun.spatial"], rel["noun"]["spatial"][0])
+            torch.testing.assert_close(saved[f"layer{layer:02d}.{direction}"], m)  # (3 views, H, ...)
+    _, rel = model.relevance_maps(views, {"noun": 3})
+    torch.testing.assert_close(saved["relevance.noun.spatial"], rel["noun"]["spatial"])
     printed = capsys.readouterr().out
-    best_verb = int(logits["verb"][0].argmax())
+    best_verb = int(logits["verb"].softmax(-1).mean(0).argmax())  # the prediction averaged over the views
     assert f"verb: verb{best_verb} " in printed
     html = (out / "index.html").read_text()
     assert "http://" not in html and "https://" not in html and "<script src" not in html  # no network
     data = json.loads(html.split("const D = ", 1)[1].split(";\nconst $", 1)[0])
     assert data["top"]["verb"][0]["name"] == f"verb{best_verb}"
+    assert data["view"].startswith("view 1 of 3 (clip 0 of 1, crop 1 of 3)")
     assert data["relevance"]["noun"]["target"] == "noun3"
     assert sorted(data["maps"]) == ["0", "1", "2", "3"] and data["maps"]["2"]["s2t"]["window"] == "space"
     for layer in range(4):
@@ -87,16 +90,48 @@ def test_explain_writes_the_page_and_maps_of_the_clip_the_model_saw(tiny_dir, sm
         assert gif.n_frames == 4
 
 
+def test_explain_predicts_what_predict_predicts_through_its_views(tiny_dir, small_videos):
+    from cast_video.engine.explain import explain_clip
+    from cast_video.engine.predict import Predictor
+
+    video = small_videos[0]
+    model = from_pretrained(tiny_dir)
+    names = {h.name: h.labels for h in model.config.heads}
+    predicted = Predictor(model, names, clips=2, crops=3, precision="fp32").video(video, topk=5)
+    exp = explain_clip(model, video, names, topk=5)
+    for head in ("verb", "noun"):
+        assert exp.top[head] == predicted[head]  # the same classes and the same probabilities, bit for bit
+    n = video_info(video).num_frames
+    assert [v["clip_frames"] for v in exp.mapping["views"][::3]] == \
+        [segment_indices(n, 8, False, view=c, num_views=2)[0] for c in range(2)]
+    assert [v["crop"] for v in exp.mapping["views"]] == [0, 1, 2] * 2
+    assert exp.view == 4 and exp.frames.shape == (6, 4, 32, 32, 3)  # clip 1 (segment centres), centre crop
+    for dirs in exp.maps.values():
+        assert all(m.shape[0] == 6 for m in dirs.values())
+    # Grad-CAM explains the averaged prediction in every view, even where a view alone predicts otherwise
+    assert exp.targets["noun"] == predicted["noun"][0]["class"]
+    shown = exp.one_view(2)
+    assert shown.frames.shape == (4, 32, 32, 3) and shown.mapping["crop"] == 2 and shown.view == 2
+    torch.testing.assert_close(shown.maps[0]["s2t"], exp.maps[0]["s2t"][2])
+    # the shown view's frames are those of that view's crop of the video
+    idx = exp.mapping["views"][2]["clip_frames"]
+    crop = dataset.test_crops(read_frames(video, idx), 32, 32, 3)[2]  # (3, 2T, S, S)
+    assert torch.equal(shown.frames, crop[:, 1::2].permute(1, 2, 3, 0))
+
+
 def test_explain_refuses_bad_requests_in_one_line(tiny_dir, small_videos, tmp_path, capsys):
     video = str(small_videos[0])
     assert main(["explain", video, "--model", str(tiny_dir), "--out", str(tmp_path), "--clip-at", "999"]) == 2
     assert "outside the video" in capsys.readouterr().err
     assert main(["explain", video, "--model", str(tiny_dir), "--out", str(tmp_path), "--target", "nothing"]) == 2
     assert "no class of any head" in capsys.readouterr().err
+    assert main(["explain", video, "--model", str(tiny_dir), "--out", str(tmp_path), "--view", "6"]) == 2
+    assert "--view 6: there are 6 views (0 to 5)" in capsys.readouterr().err
 
 
-def test_whole_video_clip_is_predicts_centre_view():
-    assert clip_indices(100, 25.0, 8, None, 2.0) == segment_indices(100, 8, False, view=1, num_views=2)[0]
+def test_clip_at_is_a_centre_segment_view_moved_inside_the_video():
+    idx = clip_indices(100, 25.0, 8, 2.0, 2.0)  # frames 25..74, sampled at the segment centres
+    assert idx == [25 + i for i in segment_indices(50, 8, False, view=1, num_views=2)[0]]
     # near the end the window is moved inside the video, not cut
     idx = clip_indices(100, 25.0, 8, 3.9, 2.0)
     assert idx[-1] <= 99 and idx[0] >= 50
@@ -107,6 +142,21 @@ def test_crop_mapping_by_hand():
     m = crop_mapping(240, 320, 32)
     assert m["resized_to"] == [32, 43] and m["crop_top_left"] == [0, 5]
     assert m["box_in_original"] == [round(5 * 320 / 43, 2), 0.0, round(37 * 320 / 43, 2), 240.0]
+    # three crops along the long side: start, centre, end (43 - 32 = 11)
+    assert [crop_mapping(240, 320, 32, 3, j)["crop_top_left"] for j in range(3)] == [[0, 0], [0, 5], [0, 11]]
+    assert [crop_mapping(320, 240, 32, 3, j)["crop_top_left"] for j in range(3)] == [[0, 0], [5, 0], [11, 0]]
+
+
+def test_crop_mapping_is_where_test_crops_cuts():
+    """Pixels of each crop equal the resized frame at the mapped offset (a frame without symmetry)."""
+    frame = torch.arange(48 * 80 * 3, dtype=torch.int64).remainder(251).to(torch.uint8).view(1, 48, 80, 3)
+    resized = F.interpolate(frame.permute(0, 3, 1, 2), size=(32, 53), mode="bilinear", antialias=True)
+    resized = resized.permute(1, 0, 2, 3)  # (3, 1, 32, 53): the whole frame, short side resized to 32
+    for j, crop in enumerate(dataset.test_crops(frame, 32, 32, 3)):
+        m = crop_mapping(48, 80, 32, 3, j)
+        assert m["resized_to"] == [32, 53]
+        top, left = m["crop_top_left"]
+        assert torch.equal(crop, resized[:, :, top:top + 32, left:left + 32])
 
 
 # --- features ------------------------------------------------------------------------------------

@@ -58,7 +58,8 @@ def relevance_maps(model: nn.Module, video: torch.Tensor, targets: dict[str, int
                    layer: int = -1) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """Grad-CAM per head over each expert's patch tokens as they enter block `layer` (default: the last).
 
-    For head h and target class c (None: the predicted one), with A the tokens (B, T, N, D) of an expert
+    For head h and target class c (None: the predicted one; an ensemble member `h/spatial` without its own
+    target takes h's), with A the tokens (B, T, N, D) of an expert
     and w = mean over tokens of d logit_c / dA, the relevance is ReLU(sum_D w * A) (B, T, N). An expert
     the head cannot read through the remaining blocks gets zeros; e.g. a spatial-source head (the mean
     class token) never reads the temporal expert through the last block, whose T2S only feeds patches.
@@ -83,7 +84,7 @@ def relevance_maps(model: nn.Module, video: torch.Tensor, targets: dict[str, int
     maps = {}
     for head, out in logits.items():
         scores = out  # (B, C); an ensemble's members have their own entries (`verb/spatial`, ...)
-        target = targets.get(head)
+        target = targets.get(head, targets.get(head.split("/")[0]))  # a member without a target: its head's
         cls = scores.argmax(-1) if target is None else torch.as_tensor(target).expand(scores.shape[0])
         chosen = scores.gather(1, cls.view(-1, 1).to(scores.device)).sum()
         grads = torch.autograd.grad(chosen, [entry["spatial"], entry["temporal"]], retain_graph=True,
