@@ -267,3 +267,85 @@ def test_default_query_is_the_most_relevant_token():
     assert default_query(exp) == (2, 9)  # 1 + 0.8 beats 1.0 at (1, 3)
     exp.relevance = {"verb": {"spatial": torch.zeros(4, 16)}}
     assert default_query(exp) == (2, 10)  # no evidence anywhere: the centre patch of the middle step
+
+
+EPIC_HEADER = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,"
+               "start_frame,stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n")
+
+
+def _annotation_files(root, count_video):
+    """One small file of each format the data layer reads, on copies of a real 60-frame 30 fps video, and
+    the (path, first frame, frames) each action must give (by hand, from the format's rules)."""
+    import shutil
+
+    (root / "P01" / "videos").mkdir(parents=True)
+    epic_video = shutil.copy(count_video, root / "P01" / "videos" / "P01_01.MP4")
+    for name in ("P01_01_0.mp4", "abc_000010_000020.mp4", "7.webm", "a.mp4"):
+        shutil.copy(count_video, root / name)
+    (root / "epic.csv").write_text(EPIC_HEADER + "P01_01_0,P01,P01_01,00:00:01,00:00:01,00:00:02,11,30,open door,"
+                                   "open,3,door,8,\"['door']\",[8]\n")  # frames 11..30 (1-based, inclusive)
+    (root / "epic_ts.csv").write_text("narration_id,participant_id,video_id,start_timestamp,stop_timestamp\n"
+                                      "P01_01_1,P01,P01_01,00:00:01.0,00:00:01.5\n")  # seconds 1.0-1.5
+    (root / "cast_epic.csv").write_text("P01_01_0,6,0\n")
+    (root / "k400.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,abc,10,20,test\n")
+    (root / "labels.json").write_text(json.dumps({"Holding something": "0"}))
+    (root / "ssv2.json").write_text(json.dumps([{"id": "7", "template": "Holding [something]"}]))
+    (root / "list.txt").write_text("a.mp4 3\n")
+    (root / "own.csv").write_text("path,label,start,end\na.mp4,run,0.5,1.0\n")
+    whole = {name: (str(root / name), 0, None) for name in ("P01_01_0.mp4", "abc_000010_000020.mp4", "7.webm",
+                                                            "a.mp4")}
+    return {"epic.csv": (str(epic_video), 10, 20), "epic_ts.csv": (str(epic_video), 30, 15),  # 30*1.5 = 45
+            "cast_epic.csv": whole["P01_01_0.mp4"], "k400.csv": whole["abc_000010_000020.mp4"],
+            "ssv2.json": whole["7.webm"], "list.txt": whole["a.mp4"],
+            "own.csv": (str(root / "a.mp4"), 15, 15)}  # seconds 0.5-1.0: frames 15 to ceil(30), exclusive
+
+
+def test_features_read_every_annotation_format_through_the_data_readers(count_video, tmp_path):
+    from cast_video.engine.features import collect_inputs, detect_format
+
+    expected = _annotation_files(tmp_path, count_video)
+    formats = {"epic.csv": "epic_csv", "epic_ts.csv": "epic_csv", "cast_epic.csv": "cast_epic",
+               "k400.csv": "k400_csv", "ssv2.json": "ssv2_json", "list.txt": "list", "own.csv": "generic"}
+    for name, item in expected.items():
+        assert detect_format(tmp_path / name) == formats[name], name
+        assert collect_inputs([str(tmp_path / name)]) == [item], name
+    # a train config's data section reads them too (here: EPIC videos flat under another root)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "P01_01.MP4").write_bytes((tmp_path / "P01" / "videos" / "P01_01.MP4").read_bytes())
+    from cast_video.data import DataConfig
+
+    data = DataConfig(format="epic_csv", root=str(flat), video_template="{video_id}.MP4")
+    assert collect_inputs([str(tmp_path / "epic.csv")], data, "epic_csv") == [(str(flat / "P01_01.MP4"), 10, 20)]
+
+
+def test_features_of_an_epic_segment_are_those_of_its_frames(tiny_dir, count_video, tmp_path):
+    _annotation_files(tmp_path, count_video)
+    out = tmp_path / "epic.safetensors"
+    assert main(["features", str(tmp_path / "epic.csv"), "--model", str(tiny_dir), "--out", str(out), "--clips",
+                 "1", "--crops", "1", "--no-progress"]) == 0
+    t, meta = load_features(out)
+    video = tmp_path / "P01" / "videos" / "P01_01.MP4"
+    assert json.loads(meta["rows"]) == [f"{video}[10:30]"]
+    idx = [10 + i for i in segment_indices(20, 8, False, view=0, num_views=1)[0]]  # inside frames 10..29
+    view = dataset.test_crops(read_frames(video, idx), 32, 32, 1)[0]
+    with torch.no_grad():
+        ref = from_pretrained(tiny_dir).forward_embeddings(_normalised(view))
+    torch.testing.assert_close(t["spatial"][0], ref["spatial"][0], rtol=1e-5, atol=1e-6)
+
+
+def test_features_bad_annotation_files_are_one_line_errors(tiny_dir, tmp_path, capsys):
+    def error(name: str, text: str, *extra: str) -> str:
+        (tmp_path / name).write_text(text)
+        assert main(["features", str(tmp_path / name), "--model", str(tiny_dir), "--out",
+                     str(tmp_path / "x.safetensors"), "--no-progress", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        return err
+
+    assert "bad.csv:2: start_frame must be an integer" in error(
+        "bad.csv", EPIC_HEADER + "P01_01_0,P01,P01_01,0,0,1,x,30,a,b,1,c,2,[],[]\n")
+    assert "cannot be read as a ssv2_json annotation file" in error("bad.json", "[{", "--labels-json",
+                                                                     str(tmp_path / "bad.json"))
+    assert "needs its labels.json" in error("ssv2.json", "[]")
+    assert "--format mp4: an annotation format is one of" in error("list.txt", "a.mp4 1\n", "--format", "mp4")
