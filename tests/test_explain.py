@@ -334,6 +334,19 @@ def test_features_of_an_epic_segment_are_those_of_its_frames(tiny_dir, count_vid
     torch.testing.assert_close(t["spatial"][0], ref["spatial"][0], rtol=1e-5, atol=1e-6)
 
 
+def test_features_read_annotation_files_with_a_train_configs_data_section(tiny_dir, count_video, tmp_path):
+    _annotation_files(tmp_path, count_video)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "P01_01.MP4").write_bytes((tmp_path / "P01" / "videos" / "P01_01.MP4").read_bytes())
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data:\n  format: epic_csv\n  root: {flat}\n  video_template: '{{video_id}}.MP4'\n")
+    out = tmp_path / "f.safetensors"
+    assert main(["features", str(tmp_path / "epic.csv"), "--config", str(config), "--model", str(tiny_dir),
+                 "--out", str(out), "--clips", "1", "--crops", "1", "--no-progress"]) == 0
+    assert json.loads(load_features(out)[1]["rows"]) == [f"{flat / 'P01_01.MP4'}[10:30]"]
+
+
 def test_features_bad_annotation_files_are_one_line_errors(tiny_dir, tmp_path, capsys):
     def error(name: str, text: str, *extra: str) -> str:
         (tmp_path / name).write_text(text)
