@@ -3,16 +3,17 @@
     PYTHONPATH=src .venv/bin/python tools/demo_figures.py RUN_DIR [--work DIR] [--docs docs]
 
 1. `cast-video eval` of the run's CAST and late-fusion models on the test split (their config.json and
-   best checkpoint, the run's videos and class files), into WORK/cast and WORK/late_concat; an eval folder
+   best checkpoint, the run's videos and class files), into WORK/CAST and WORK/late fusion; an eval folder
    already in WORK is reused (WORK defaults to a temporary folder, removed at the end). Nothing is
    written into RUN_DIR.
-2. `cast-video compare WORK/cast WORK/late_concat`: DOCS/compare_demo.png is its per-verb F1 chart.
+2. `cast-video compare` of the two: DOCS/compare_demo.png is its per-verb F1 chart.
 3. The explain picture: among the first `--candidates` test clips (in id order) whose verb is a move and
    where CAST is right on verb and noun, the one where the attention the spatial patches receive through
-   S2T in the last block (mean of heads and queries, the shown view) lies most on the digit. The digit is
-   where the frame is bright (every channel above 150: the demo draws it in bright colours on a darker
-   background). Its full `cast-video explain` output goes to WORK/explain, and DOCS/explain_demo.png
-   draws its frames, that S2T map and Grad-CAM of the noun (spatial expert) and verb (temporal expert).
+   S2T in the last block (mean of heads and queries, the shown view) peaks on the digit in most frames:
+   the score is the mean over frames of the digit's share of the peak patch. The digit is where the frame
+   is bright (every channel above 150: the demo draws it in bright colours on a darker background). Its
+   full `cast-video explain` output goes to WORK/explain, and DOCS/explain_demo.png draws its frames, that
+   S2T map and Grad-CAM of the noun (spatial expert) and verb (temporal expert).
 
 Every step is deterministic (fixed views, no sampling), so a rerun on the same run draws the same pictures.
 """
@@ -72,14 +73,13 @@ def digit_patches(frames: np.ndarray, grid: int) -> np.ndarray:
 
 
 def on_digit(heat: np.ndarray, digit: np.ndarray) -> float:
-    """Mean over frames of the share of a (T, N) map that lies on the digit's patches (weighted by how much
-    of each patch is digit)."""
-    share = (heat / heat.sum(1, keepdims=True).clip(1e-12) * digit).sum(1) / digit.max(1).clip(1e-12)
-    return float(share.mean())
+    """How well a (T, N) map follows the digit: the mean over frames of the digit's share of the patch where
+    that frame's map peaks (1: every frame's peak is a patch full of digit)."""
+    return float(digit[np.arange(len(heat)), heat.argmax(1)].mean())
 
 
 def pick_clip(run: Path, model, names: dict, rows: list[dict], candidates: int):
-    """(score, explanation) of the chosen clip; the first in id order wins a tie."""
+    """(score, explanation, predictions.json row) of the chosen clip; the first in id order wins a tie."""
     best = None
     chosen = [r for r in sorted(rows, key=lambda r: r["id"]) if r["verb_label_name"].startswith("move")
               and r["verb_predicted"] == r["verb_label_name"] and r["noun_predicted"] == r["noun_label_name"]]
@@ -89,7 +89,7 @@ def pick_clip(run: Path, model, names: dict, rows: list[dict], candidates: int):
         heat = s2t_received(shown)
         score = on_digit(heat, digit_patches(shown.frames.numpy(), shown.grid))
         if best is None or score > best[0]:
-            best = (score, exp)
+            best = (score, exp, row)
     if best is None:
         raise DataError("no test clip with a move verb that CAST gets right")
     return best
@@ -100,7 +100,9 @@ def s2t_received(shown) -> np.ndarray:
     return received(shown.maps[last]["s2t"], shown.windows["s2t"], shown.frames.shape[0]).numpy()
 
 
-def explain_picture(shown, path: Path) -> None:
+def explain_picture(shown, truth: str, path: Path) -> None:
+    """Rows: the frames, S2T received, Grad-CAM noun and verb; each frame's map scaled to its own peak (where
+    the map is in each frame, not how its total changes over the frames)."""
     import io
 
     import matplotlib
@@ -120,7 +122,7 @@ def explain_picture(shown, path: Path) -> None:
             if heat is None:
                 image = overlay(frames[t], np.zeros((g, g)), 5.0, alpha=0.0)
             else:
-                image = overlay(frames[t], heat[t].reshape(g, g), 5.0, peak=float(heat.max()))
+                image = overlay(frames[t], heat[t].reshape(g, g), 5.0)
             ax.imshow(image)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -129,8 +131,8 @@ def explain_picture(shown, path: Path) -> None:
         line[0].set_ylabel(label, fontsize=8)
     top = {h: shown.top[h][0] for h in ("verb", "noun")}
     name = Path(shown.video).stem
-    fig.suptitle(f"{name}: CAST predicts {top['verb']['name']} ({top['verb']['score']:.2f}), digit "
-                 f"{top['noun']['name']} ({top['noun']['score']:.2f})", fontsize=9)
+    fig.suptitle(f"{name} ({truth}): CAST predicts {top['verb']['name']} ({top['verb']['score']:.2f}), "
+                 f"digit {top['noun']['name']} ({top['noun']['score']:.2f})", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -139,16 +141,17 @@ def explain_picture(shown, path: Path) -> None:
 
 
 def figures(run: Path, work: Path, docs: Path, candidates: int) -> dict:
-    evals = {m: run_eval(run, m, work / m) for m in METHODS}
+    evals = {m: run_eval(run, m, work / label) for m, label in METHODS.items()}  # the labels name the charts
     if cli(["compare", str(evals["cast"]), str(evals["late_concat"]), "--out", str(work / "compare")]) != 0:
         raise DataError("cast-video compare failed")
     shutil.copyfile(work / "compare" / "f1_improvement_verb.png", docs / "compare_demo.png")
     model = from_pretrained(run / "models" / "cast" / "model")
     rows = json.loads((evals["cast"] / "predictions.json").read_text())
-    score, exp = pick_clip(run, model, head_labels(model.config), rows, candidates)
+    score, exp, row = pick_clip(run, model, head_labels(model.config), rows, candidates)
     write_explanation(exp, work / "explain")
-    explain_picture(exp.one_view(), docs / "explain_demo.png")
-    return {"clip": exp.video, "s2t_share_on_digit": round(score, 3), "view": exp.view,
+    truth = f"truth: {row['verb_label_name'].replace('_', ' ')}, digit {row['noun_label_name']}"
+    explain_picture(exp.one_view(), truth, docs / "explain_demo.png")
+    return {"clip": exp.video, "digit_share_at_s2t_peak": round(score, 3), "view": exp.view,
             "compare": str(docs / "compare_demo.png"), "explain": str(docs / "explain_demo.png")}
 
 

@@ -49,14 +49,17 @@ class Explanation:
 
     def one_view(self, k: int | None = None) -> Explanation:
         k = self.view if k is None else k
-        views = self.frames.shape[0]
-        if not 0 <= k < views:
-            raise ConfigError(f"--view {k}: this explanation has views 0 to {views - 1}")
+        check_view(k, self.frames.shape[0])
         common = {key: v for key, v in self.mapping.items() if key != "views"}
         return dataclasses.replace(
             self, frames=self.frames[k], mapping={**common, **self.mapping["views"][k]},
             maps={layer: {d: m[k] for d, m in dirs.items()} for layer, dirs in self.maps.items()},
             relevance={h: {e: m[k] for e, m in r.items()} for h, r in self.relevance.items()}, view=k)
+
+
+def check_view(k: int, views: int) -> None:
+    if not 0 <= k < views:
+        raise ConfigError(f"--view {k}: there are {views} views (0 to {views - 1})")
 
 
 def default_view(clips: int, crops: int) -> int:
@@ -137,8 +140,7 @@ def explain_clip(model: CAST, path: str | Path, names: dict[str, list[str]] | No
         [clip_indices(info.num_frames, info.fps, cfg.num_frames, clip_at, clip_len)]
     views = predictor.views(path, per_clip)  # (V, 3, 2T, S, S) uint8, V = clips x crops
     view = default_view(len(per_clip), crops) if view is None else view
-    if not 0 <= view < len(views):
-        raise ConfigError(f"--view {view}: there are {len(views)} views (0 to {len(views) - 1})")
+    check_view(view, len(views))  # before the forward pass
     targets = resolve_targets(model, names, target)
     with torch.no_grad(), capture_cross_attention(model) as maps:  # predict's own forward pass, captured
         probs = predict_views(model, views[None], predictor.augment, predictor.precision, predictor.device,
@@ -156,7 +158,8 @@ def explain_clip(model: CAST, path: str | Path, names: dict[str, list[str]] | No
                           **crop_mapping(info.height, info.width, size, crops, j)}
                          for c, idx in enumerate(per_clip) for j in range(crops)]}
     return Explanation(
-        video=str(path), frames=views[:, :, 1::2].permute(0, 2, 3, 4, 1).contiguous(), mapping=mapping,
+        video=str(path), frames=views[:, :, 1::2].permute(0, 2, 3, 4, 1).contiguous(),  # (V, T, S, S, 3)
+        mapping=mapping,
         top={h: top_classes(p[0], names.get(h), topk) for h, p in probs.items()},
         windows={"t2s": cfg.t2s_window, "s2t": cfg.s2t_window},
         maps={layer: {d: m.cpu() for d, m in dirs.items()} for layer, dirs in maps.items()},
