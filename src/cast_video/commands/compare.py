@@ -10,7 +10,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--groups", help="class groups: JSON/YAML {task: {group: [ids]}}, a train config with "
                    "`groups:`, or EK100's noun classes CSV (its `category` column)")
-    p.add_argument("--classes", help="classes.json {task: [names]} (default: the folders' classes.json)")
+    p.add_argument("--classes", help="a JSON file {task: [names]} (default: the names eval wrote into "
+                   "predictions.json)")
     p.add_argument("--hm", nargs="+", metavar="MODEL=DIR,DIR,...",
                    help="harmonic mean of each model's top-1 over several evaluation folders (Figure 4(c))")
     p.add_argument("--config", help="the train config of the evaluated split: finds the videos for the "

@@ -1,15 +1,20 @@
-"""`cast-video explain VIDEO --model DIR --out OUTDIR`: what the model looked at in one clip of a video."""
+"""`cast-video explain VIDEO --model DIR --out OUTDIR`: what the model looked at in a video, through predict's
+views (the predictions are predict's); the pictures draw one view, the saved maps keep all."""
 
 from __future__ import annotations
 
 
 def register(sub) -> None:
-    p = sub.add_parser("explain", help="cross-attention maps and Grad-CAM of one clip, as a page and images")
+    p = sub.add_parser("explain", help="cross-attention maps and Grad-CAM of a video, as a page and images")
     p.add_argument("video", help="a video file or a frame folder")
     p.add_argument("--model", required=True, help="a directory written by save_pretrained / train (or a hub id)")
     p.add_argument("--out", required=True, help="output folder (index.html, PNGs, GIF, maps, frames.json)")
-    p.add_argument("--clip-at", type=float, help="explain the clip centred at this second (default: the whole "
-                   "video, sampled as predict's centre view)")
+    p.add_argument("--clips", type=int, default=2, help="temporal views, as predict's")
+    p.add_argument("--crops", type=int, default=3, choices=[1, 3], help="spatial views, as predict's")
+    p.add_argument("--view", type=int, help="the view the pictures draw, clip * crops + crop (default: the "
+                   "middle clip's centre crop)")
+    p.add_argument("--clip-at", type=float, help="explain the crops of one clip centred at this second instead "
+                   "of the clips of the whole video")
     p.add_argument("--clip-len", type=float, default=2.0, help="seconds the clip spans with --clip-at")
     p.add_argument("--target", help="class for the Grad-CAM view: NAME, INDEX or HEAD=NAME (default: predicted)")
     p.add_argument("--topk", type=int, default=5)
@@ -25,7 +30,7 @@ def run(args) -> int:
 
     model = from_pretrained(resolve_model_dir(args.model))
     exp = explain_clip(model, args.video, head_labels(model.config), args.clip_at, args.clip_len, args.target,
-                       args.topk, args.device)
+                       args.topk, args.device, args.clips, args.crops, args.view)
     for head, rows in exp.top.items():
         print(f"{head}: " + ", ".join(f"{r['name']} {r['score']:.3f}" for r in rows))
     written = write_explanation(exp, args.out)

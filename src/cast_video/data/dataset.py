@@ -147,6 +147,18 @@ def test_crops(frames: torch.Tensor, short_side: int, crop: int, num_crops: int)
     return [clip[:, :, y:y + crop, x:x + crop] for y, x in starts]
 
 
+def action_span(sample: Sample, total: int | None = None, fps: float | None = None) -> tuple[int, int]:
+    """(first frame, number of frames) of the action; the video's `total` frames and `fps` are needed
+    unless the sample names its frames (EPIC's start/stop_frame)."""
+    if sample.stop_frame is not None:
+        return sample.start_frame, sample.stop_frame - sample.start_frame + 1
+    if sample.start_sec is None:
+        return sample.start_frame, total - sample.start_frame
+    start = min(round(sample.start_sec * fps), total - 1)
+    stop = min(math.ceil(sample.stop_sec * fps), total)  # exclusive
+    return start, max(stop - start, 1)
+
+
 class VideoDataset(Dataset):
     """Samples are dicts: `video` uint8 (3, 2T, S, S) in training ((num_sample, 3, 2T, S, S) with
     repeated augmentation), (V, 3, 2T, S, S) at test with V = clips x crops (clip-major); `labels`
@@ -210,18 +222,12 @@ class VideoDataset(Dataset):
         return self.video_backend
 
     def _span(self, sample: Sample) -> tuple[int, int]:
-        """(first frame, number of frames) of the action."""
         if sample.stop_frame is not None:
-            return sample.start_frame, sample.stop_frame - sample.start_frame + 1
+            return action_span(sample)
         if sample.path not in self._info:
             info = video_info(sample.path, self._backend(sample.path))
             self._info[sample.path] = (info.num_frames, info.fps)
-        total, fps = self._info[sample.path]
-        if sample.start_sec is None:
-            return sample.start_frame, total - sample.start_frame
-        start = min(round(sample.start_sec * fps), total - 1)
-        stop = min(math.ceil(sample.stop_sec * fps), total)  # exclusive
-        return start, max(stop - start, 1)
+        return action_span(sample, *self._info[sample.path])
 
     def _indices(self, length: int, rng, view: int, views: int) -> tuple[list[int], bool]:
         cfg = self.cfg

@@ -55,10 +55,24 @@ def load_eval(folder: str | Path) -> EvalRun:
             raise DataError(f"{folder / 'predictions.json'}: row 1 has {task}_label but no {task} scores")
         scores[task] = np.asarray([r[task] for r in rows], dtype=np.float64)
         labels[task] = np.asarray([r[f"{task}_label"] for r in rows], dtype=np.int64)
-    names_file = folder / "classes.json"
-    names = json.loads(names_file.read_text()) if names_file.exists() else {}
     return EvalRun(folder, [str(r["id"]) for r in rows], scores, labels,
-                   json.loads((folder / "metrics.json").read_text()), names)
+                   json.loads((folder / "metrics.json").read_text()), names_in_rows(rows, scores, labels))
+
+
+def names_in_rows(rows: list[dict], scores: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict:
+    """Class names from what `cast-video eval` writes beside each row's ids: `{task}_label_name` (the truth's)
+    and `{task}_predicted` (the top class's). A class no video has as truth or prediction keeps its id; a task
+    whose eval knew no names (every name is the id itself) has none."""
+    names = {}
+    for task, y in labels.items():
+        known = [str(c) for c in range(scores[task].shape[1])]
+        for row, label, top in zip(rows, y, scores[task].argmax(1), strict=True):
+            for cls, key in ((label, f"{task}_label_name"), (top, f"{task}_predicted")):
+                if key in row:
+                    known[cls] = str(row[key])
+        if known != [str(c) for c in range(len(known))]:
+            names[task] = known
+    return names
 
 
 def align(a: EvalRun, b: EvalRun) -> tuple[EvalRun, EvalRun]:

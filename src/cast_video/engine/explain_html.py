@@ -97,7 +97,7 @@ function layerChanged() {
   if (dirs.includes(cur)) $("dir").value = cur;
   draw();
 }
-$("video").textContent = D.video + " — frame numbers in the original video under each frame";
+$("video").textContent = D.video + " — " + (D.view ? D.view + "; " : "") + "frame numbers in the original video under each frame";
 $("preds").innerHTML = Object.entries(D.top).map(([h, rows]) => `<table><tr><th colspan=2>${h}</th></tr>` +
   rows.map(r => `<tr><td>${r.name}</td><td><div class="bar" style="width:${Math.round(r.score * 120)}px"></div>${r.score.toFixed(3)}</td></tr>`).join("") + "</table>").join("");
 const layers = Object.keys(D.maps);

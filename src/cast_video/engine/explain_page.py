@@ -1,5 +1,6 @@
 """The files `cast-video explain` writes for one `Explanation`: a self-contained index.html, PNG grids per
-layer and direction, relevance PNGs, an animated GIF, the raw maps (safetensors) and the frame mapping (JSON).
+layer and direction, relevance PNGs, an animated GIF (all of one view, `Explanation.one_view`), the raw maps
+of every view (safetensors) and the frame mapping of every view (JSON).
 
 Two views of a cross-attention map are drawn on the frames (T steps, N = g x g patches):
   "query": for one query token (step tq, patch q), where its attention goes, as a heat map over every frame;
@@ -93,22 +94,23 @@ def _grid_image(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
 
 
 def _save_grid(path: Path, image: np.ndarray, title: str, row_labels: list[str], col_labels: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """The grid as drawn, pixel for pixel, with its title above, a label left of each row and under each
+    column, in PIL's own font. Not matplotlib: resampling and re-encoding a B/16 grid (13 x 8 frames of
+    224 px) through a figure took ~6 s per grid, most of `explain`'s time."""
+    from PIL import Image, ImageDraw
 
     h, w = image.shape[:2]
-    fig, ax = plt.subplots(figsize=(max(4, w / 100 + 1.5), max(2.5, h / 100 + 1)))
-    ax.imshow(image)
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([(i + 0.5) * w / len(col_labels) for i in range(len(col_labels))], col_labels, fontsize=7)
-    ax.set_yticks([(i + 0.5) * h / len(row_labels) for i in range(len(row_labels))], row_labels, fontsize=7)
-    ax.tick_params(length=0)
-    fig.tight_layout()
+    left, top, bottom = 10 + 6 * max(map(len, row_labels)), 20, 18  # the default font is ~6 x 11 px
+    canvas = Image.new("RGB", (left + w + 4, top + h + bottom), "white")
+    canvas.paste(Image.fromarray(image), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 4), title, fill="black")
+    for i, label in enumerate(row_labels):
+        draw.text((4, top + (i + 0.5) * h / len(row_labels) - 5), label, fill="black")
+    for j, label in enumerate(col_labels):
+        draw.text((left + (j + 0.5) * w / len(col_labels) - 3 * len(label), top + h + 4), label, fill="black")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    canvas.save(buf, format="PNG", compress_level=1)  # fast; the maps are what matters
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
@@ -215,11 +217,20 @@ def _pack(attn: torch.Tensor, window: str, grid: int) -> dict:
             "data": base64.b64encode(data.numpy().tobytes()).decode()}
 
 
+def _view_label(exp: Explanation) -> str:
+    m = exp.mapping
+    if "clips" not in m:
+        return ""
+    return f"view {exp.view} of {m['clips'] * m['crops']} (clip {m['clip']} of {m['clips']}, crop {m['crop']} " \
+           f"of {m['crops']}); the predictions are the mean over all views"
+
+
 def page_data(exp: Explanation) -> dict:
     scale = _scale(exp)
     frames = [_png_b64(overlay(f, np.zeros((exp.grid, exp.grid)), scale, alpha=0.0)) for f in exp.frames.numpy()]
     return {
-        "video": exp.video, "grid": exp.grid, "steps": exp.frames.shape[0], "heads": exp.heads, "frames": frames,
+        "video": exp.video, "view": _view_label(exp), "grid": exp.grid, "steps": exp.frames.shape[0],
+        "heads": exp.heads, "frames": frames,
         "frame_labels": _frame_labels(exp), "top": exp.top, "query": list(default_query(exp)),
         "maps": {str(layer): {d: _pack(m, exp.windows[d], exp.grid) for d, m in dirs.items()}
                  for layer, dirs in exp.maps.items()},
@@ -229,6 +240,8 @@ def page_data(exp: Explanation) -> dict:
 
 
 def write_explanation(exp: Explanation, out_dir: str | Path) -> list[Path]:
+    """The files of an explanation: maps.safetensors and frames.json hold every view (the maps with their
+    leading view axis V, the mapping of each view under "views"); the page, PNGs and GIF draw `exp.view`."""
     from safetensors.torch import save
 
     out = Path(out_dir)
@@ -236,13 +249,15 @@ def write_explanation(exp: Explanation, out_dir: str | Path) -> list[Path]:
     atomic_write_json(out / "frames.json", exp.mapping)
     tensors = {f"layer{layer:02d}.{d}": m.contiguous() for layer, dirs in exp.maps.items() for d, m in dirs.items()}
     tensors |= {f"relevance.{h}.{e}": m.contiguous() for h, r in exp.relevance.items() for e, m in r.items()}
-    meta = {"windows": json.dumps(exp.windows), "targets": json.dumps(exp.targets), "video": exp.video}
+    meta = {"windows": json.dumps(exp.windows), "targets": json.dumps(exp.targets), "video": exp.video,
+            "shown_view": str(exp.view)}
     blob = save(tensors, metadata=meta)
     atomic_write(out / "maps.safetensors", lambda f: f.write(blob))
     written = [out / "frames.json", out / "maps.safetensors"]
-    written += attention_grids(exp, out)
-    written += [relevance_grid(exp, out), animation(exp, out)]
-    html = PAGE.replace("/*DATA*/null", json.dumps(page_data(exp)))
+    shown = exp.one_view()
+    written += attention_grids(shown, out)
+    written += [relevance_grid(shown, out), animation(shown, out)]
+    html = PAGE.replace("/*DATA*/null", json.dumps(page_data(shown)))
     atomic_write_text(out / "index.html", html)
     return [out / "index.html", *written]
 
@@ -254,7 +269,7 @@ def attention_figure(model, path: str | Path, names: dict[str, list[str]] | None
 
     from .explain import explain_clip
 
-    exp = explain_clip(model, path, names)
+    exp = explain_clip(model, path, names).one_view()
     if not exp.maps:
         return None
     frames, steps, g, scale = exp.frames.numpy(), exp.frames.shape[0], exp.grid, _scale(exp)

@@ -1,9 +1,9 @@
 """Embeddings of many videos: the pooled spatial, temporal and fused features the heads read.
 
-`extract_features` turns inputs (videos, folders, annotation CSVs) into rows: one per video (views
-averaged as in evaluation: `clips` segment views x `crops` crops), one per clip (`per_clip`), or one per
-sliding window. Every embedding is a mean over views of `CAST.forward_embeddings`, so each head's logits
-averaged over the same views are that head's linear layer applied to the row.
+`extract_features` turns inputs (videos, folders, annotation files of any format the data layer reads) into
+rows: one per video (views averaged as in evaluation: `clips` segment views x `crops` crops), one per clip
+(`per_clip`), or one per sliding window. Every embedding is a mean over views of `CAST.forward_embeddings`,
+so each head's logits averaged over the same views are that head's linear layer applied to the row.
 
 Work is resumable: finished videos go to `OUT.parts/` in small files as they complete; a rerun skips
 every video found there or in an existing OUT, and the final file is assembled (in input order) once all
@@ -12,6 +12,7 @@ videos are done. Under torchrun, each process takes every world-th video.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -23,11 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..data import DataConfig, build_gpu_augment, read_frames, video_info
-from ..data.annotations import VIDEO_SUFFIXES, read_generic, read_path_label_list
-from ..data.dataset import test_crops
+from ..data import DataConfig, build_gpu_augment, load_annotations, read_frames, video_info
+from ..data.annotations import VIDEO_SUFFIXES
+from ..data.config import FORMATS
+from ..data.dataset import action_span, test_crops
 from ..data.sampling import segment_indices
-from ..errors import ConfigError, DataError
+from ..errors import AnnotationError, CastVideoError, ConfigError, DataError
 from ..files import atomic_write
 from ..models import CAST
 from .distributed import DistInfo
@@ -47,10 +49,82 @@ class FeatureOptions:
     flush_every: int = 16  # videos per part file
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[str, int, int | None]]:
-    """Videos, folders (searched recursively) and annotation files (`path,label[,start,end]` CSV or
-    `path label` lists) -> [(path, start frame, number of frames or None)], without duplicates."""
-    items: list[tuple[str, int, int | None]] = []
+ANNOTATION_SUFFIXES = (".csv", ".txt", ".json")
+ANNOTATION_FORMATS = tuple(f for f in FORMATS if f != "unlabeled")  # "unlabeled" is a folder, not a file
+
+
+def detect_format(path: Path) -> str:
+    """The annotation format of a file, from its suffix and header (the readers of `cast_video.data` then
+    parse it): SSV2's `.json`, `path label` `.txt` lists, and CSVs by their header: EK100's (`narration_id`,
+    `video_id`, ...), K400's (`label`, `youtube_id`, ...), CAST's pre-cut EK100 lists (`id,verb,noun`,
+    no header), else `path,label[,start,end]`."""
+    if path.suffix.lower() == ".json":
+        return "ssv2_json"
+    if path.suffix.lower() == ".txt":
+        return "list"
+    with open(path, newline="") as f:
+        first = next(csv.reader(f), [])
+    header = {c.strip() for c in first}
+    if {"narration_id", "participant_id", "video_id"} <= header:
+        return "epic_csv"
+    if {"label", "youtube_id"} <= header:
+        return "k400_csv"
+    if len(first) == 3 and all(c.strip().isdigit() for c in first[1:]):
+        return "cast_epic"
+    return "generic"
+
+
+def annotation_config(path: Path, data: DataConfig | None = None, fmt: str | None = None) -> DataConfig:
+    """How to read one annotation file: `data` (a train config's data section, or the defaults) with this
+    file as its test split, in format `fmt` (default: `detect_format`); the videos are found under
+    `data.root`, else under the file's folder; SSV2's labels.json is `data.labels_json`, else the one
+    beside the file."""
+    data = data or DataConfig()
+    fmt = fmt or detect_format(path)
+    if fmt not in ANNOTATION_FORMATS:
+        raise ConfigError(f"--format {fmt}: an annotation format is one of {', '.join(ANNOTATION_FORMATS)}")
+    fields = {"test": str(path), "format": fmt, "root": data.root or str(path.parent)}
+    if fmt == "epic_csv" and not data.use_timestamps:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), [])
+        fields["use_timestamps"] = "start_frame" not in header and "start_timestamp" in header
+    if fmt == "ssv2_json":
+        fields["flip"] = False  # features never flip; this only keeps DataConfig's SSV2 warning quiet
+        fields["labels_json"] = data.labels_json or str(path.with_name("labels.json"))
+        if not Path(fields["labels_json"]).exists():
+            raise ConfigError(f"{path}: an SSV2 JSON needs its labels.json ({fields['labels_json']} does not "
+                              "exist): pass --labels-json")
+    return dataclasses.replace(data, **fields)
+
+
+Item = tuple[str, int, int | None]  # (video path, first frame, number of frames or None: to the end)
+
+
+def read_annotated(path: Path, data: DataConfig | None = None, fmt: str | None = None) -> list[Item]:
+    """The actions of an annotation file of any format the data layer reads, as (path, start frame, number of
+    frames or None for the whole video); the spans are those training and evaluation take (`action_span`)."""
+    cfg = annotation_config(path, data, fmt)
+    try:
+        samples, _ = load_annotations(cfg, "test")
+    except CastVideoError:
+        raise
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError) as err:  # not the format's shape at all
+        raise AnnotationError(f"{path}: cannot be read as a {cfg.format} annotation file ({err})") from None
+    out = []
+    for s in samples:
+        if s.stop_frame is None and s.start_sec is None and s.start_frame == 0:
+            out.append((s.path, 0, None))
+            continue
+        info = None if s.stop_frame is not None else video_info(s.path)
+        out.append((s.path, *action_span(s, *((info.num_frames, info.fps) if info else ()))))
+    return out
+
+
+def collect_inputs(inputs: list[str], data: DataConfig | None = None,
+                   fmt: str | None = None) -> list[Item]:
+    """Videos, folders (searched recursively) and annotation files (read by `read_annotated` with `data` and
+    `fmt`) -> [(path, start frame, number of frames or None)], without duplicates."""
+    items: list[Item] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
@@ -58,32 +132,19 @@ def collect_inputs(inputs: list[str]) -> list[tuple[str, int, int | None]]:
             items += [(str(p), 0, None) for p in videos]
         elif path.suffix.lower() in VIDEO_SUFFIXES:
             items.append((str(path), 0, None))
-        elif path.suffix.lower() in (".csv", ".txt"):
-            items += _annotated(path)
         elif not path.exists():
             raise FileNotFoundError(f"{path}: no such file or directory")
+        elif path.suffix.lower() in ANNOTATION_SUFFIXES:
+            items += read_annotated(path, data, fmt)
         else:
-            raise ConfigError(f"{path}: not a video ({', '.join(VIDEO_SUFFIXES)}), a folder or an annotation file")
+            raise ConfigError(f"{path}: not a video ({', '.join(VIDEO_SUFFIXES)}), a folder or an annotation file "
+                              f"({', '.join(ANNOTATION_SUFFIXES)})")
     seen, unique = set(), []
     for item in items:
         if item not in seen:
             seen.add(item)
             unique.append(item)
     return unique
-
-
-def _annotated(path: Path) -> list[tuple[str, int, int | None]]:
-    samples = read_generic(path, str(path.parent))[0] if path.suffix == ".csv" else \
-        read_path_label_list(path, str(path.parent))
-    out = []
-    for s in samples:
-        if s.start_sec is None:
-            out.append((s.path, 0, None))
-            continue
-        fps = video_info(s.path).fps
-        start = round(s.start_sec * fps)
-        out.append((s.path, start, max(1, round(s.stop_sec * fps) - start)))
-    return out
 
 
 def _row_options(options: FeatureOptions) -> str:
@@ -238,12 +299,13 @@ class _PartWriter:
 
 def extract_features(model: CAST, inputs: list[str], out: str | Path, options: FeatureOptions,
                      class_names: dict | None = None, device: str = "cpu", info: DistInfo | None = None,
-                     progress: bool = True) -> dict:
-    """Write the features of `inputs` to `out` (.safetensors or .npz); returns a summary. Resumable."""
+                     progress: bool = True, data: DataConfig | None = None, fmt: str | None = None) -> dict:
+    """Write the features of `inputs` to `out` (.safetensors or .npz); returns a summary. Resumable.
+    Annotation files among the inputs are read with `data` and `fmt` (see `annotation_config`)."""
     out, info = Path(out), info or DistInfo()
     if out.suffix not in (".safetensors", ".npz"):
         raise ConfigError(f"--out {out}: the features file must end in .safetensors or .npz")
-    items = collect_inputs(inputs)
+    items = collect_inputs(inputs, data, fmt)
     done = _done_items(out, options)
     todo = [it for i, it in enumerate(items) if i % info.world == info.rank and item_key(it) not in done]
     extractor = FeatureExtractor(model, options, device)

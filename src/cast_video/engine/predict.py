@@ -25,7 +25,7 @@ from ..precision import prepare
 from .loop import predict_views
 
 
-def _top(probs: torch.Tensor, names: list[str] | None, k: int) -> list[dict]:
+def top_classes(probs: torch.Tensor, names: list[str] | None, k: int) -> list[dict]:
     values, ids = probs.topk(min(k, probs.numel()))
     return [{"class": int(i), "name": names[i] if names and i < len(names) else str(int(i)), "score": float(v)}
             for v, i in zip(values, ids, strict=True)]
@@ -65,16 +65,21 @@ class Predictor:
                                self.heads) for i in range(0, len(views), self.batch_size)]
         return {t: torch.cat([p[t] for p in parts]) for t in self.heads}
 
-    def views(self, path: str | Path) -> torch.Tensor:
-        """The clips x crops uint8 views (V, 3, 2T, S, S) of one whole video."""
-        length = video_info(path).num_frames
+    def clip_indices(self, length: int) -> list[list[int]]:
+        """The 2T frame numbers of each of the `clips` temporal views of a video of `length` frames."""
         cfg = self.data
-        per_view = [segment_indices(length, cfg.num_frames, False, view=v, num_views=cfg.test_clips)[0]
-                    for v in range(cfg.test_clips)]
+        return [segment_indices(length, cfg.num_frames, False, view=v, num_views=cfg.test_clips)[0]
+                for v in range(cfg.test_clips)]
+
+    def views(self, path: str | Path, clips: list[list[int]] | None = None) -> torch.Tensor:
+        """The clips x crops uint8 views (V, 3, 2T, S, S) of one whole video (clip-major: view = clip * crops
+        + crop), or of the given `clips` (each 2T frame numbers) instead of `clip_indices`'."""
+        cfg = self.data
+        per_view = clips or self.clip_indices(video_info(path).num_frames)
         frames = read_frames(path, [i for idx in per_view for i in idx])  # (clips*2T, H, W, 3)
-        frames = frames.view(cfg.test_clips, cfg.num_frames, *frames.shape[1:])  # (clips, 2T, H, W, 3)
-        return torch.stack([c for v in range(cfg.test_clips)
-                            for c in test_crops(frames[v], cfg.short_side, cfg.input_size, cfg.test_crops)])
+        frames = frames.view(len(per_view), cfg.num_frames, *frames.shape[1:])  # (clips, 2T, H, W, 3)
+        return torch.stack([c for clip in frames for c in test_crops(clip, cfg.short_side, cfg.input_size,
+                                                                     cfg.test_crops)])
 
     def inputs(self, path: str | Path) -> torch.Tensor:
         """The normalised model inputs (V, 3, 2T, S, S) float32 of one whole video, as the model sees them."""
@@ -83,7 +88,7 @@ class Predictor:
     def video(self, path: str | Path, topk: int = 5) -> dict:
         """Multi-view prediction of one whole video: clips x crops views, probabilities averaged."""
         scores = self._scores(self.views(path)[None])
-        return {"video": str(path), **{t: _top(scores[t][0], self.names.get(t), topk) for t in self.heads}}
+        return {"video": str(path), **{t: top_classes(scores[t][0], self.names.get(t), topk) for t in self.heads}}
 
     def timeline(self, path: str | Path, window: float, stride: float, topk: int = 5) -> dict:
         """Sliding windows of `window` seconds every `stride` seconds, one centre view each."""
@@ -98,7 +103,8 @@ class Predictor:
         views = torch.stack([test_crops(f, cfg.short_side, cfg.input_size, 1)[0] for f in frames])[:, None]
         scores = self._scores(views)
         rows = [{"start_s": round(s / info.fps, 3), "end_s": round(min(s + win, info.num_frames) / info.fps, 3),
-                 **{t: _top(scores[t][i], self.names.get(t), topk) for t in self.heads}} for i, s in enumerate(starts)]
+                 **{t: top_classes(scores[t][i], self.names.get(t), topk) for t in self.heads}}
+                for i, s in enumerate(starts)]
         return {"video": str(path), "fps": info.fps, "window_s": window, "stride_s": stride, "timeline": rows}
 
 

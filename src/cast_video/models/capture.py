@@ -58,7 +58,8 @@ def relevance_maps(model: nn.Module, video: torch.Tensor, targets: dict[str, int
                    layer: int = -1) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """Grad-CAM per head over each expert's patch tokens as they enter block `layer` (default: the last).
 
-    For head h and target class c (None: the predicted one), with A the tokens (B, T, N, D) of an expert
+    For head h and target class c (None: the predicted one; an ensemble member `h/spatial` without its own
+    target takes h's), with A the tokens (B, T, N, D) of an expert
     and w = mean over tokens of d logit_c / dA, the relevance is ReLU(sum_D w * A) (B, T, N). An expert
     the head cannot read through the remaining blocks gets zeros; e.g. a spatial-source head (the mean
     class token) never reads the temporal expert through the last block, whose T2S only feeds patches.
@@ -69,29 +70,32 @@ def relevance_maps(model: nn.Module, video: torch.Tensor, targets: dict[str, int
     entry: dict[str, torch.Tensor] = {}
 
     def detach_inputs(module, args):  # the tokens become leaves, so only they receive gradients
+        torch.set_grad_enabled(True)  # a graph from here on only; the `no_grad` below restores the mode
         xs, xt = (a.detach().requires_grad_(True) for a in args[:2])
         entry.update(spatial=xs, temporal=xt)
         return (xs, xt, *args[2:])
 
     handle = block.register_forward_pre_hook(detach_inputs)
     try:
-        with torch.enable_grad():
+        # The blocks before `layer` keep no graph (for B/16 with 6 views, ~14 GB of activations otherwise)
+        with torch.no_grad():
             logits = model(video)
     finally:
         handle.remove()
     prefix = {"spatial": model.spatial.num_prefix, "temporal": model.temporal.num_prefix}
     maps = {}
-    for head, out in logits.items():
-        scores = out  # (B, C); an ensemble's members have their own entries (`verb/spatial`, ...)
-        target = targets.get(head)
-        cls = scores.argmax(-1) if target is None else torch.as_tensor(target).expand(scores.shape[0])
-        chosen = scores.gather(1, cls.view(-1, 1).to(scores.device)).sum()
-        grads = torch.autograd.grad(chosen, [entry["spatial"], entry["temporal"]], retain_graph=True,
-                                    allow_unused=True)
-        maps[head] = {}
-        for (role, tokens), grad in zip(entry.items(), grads, strict=True):
-            patches = tokens[:, :, prefix[role]:].detach()  # (B, T, N, D)
-            g = torch.zeros_like(patches) if grad is None else grad[:, :, prefix[role]:]
-            weights = g.mean((1, 2), keepdim=True)  # (B, 1, 1, D)
-            maps[head][role] = torch.relu((weights * patches).sum(-1)).float()  # (B, T, N)
+    with torch.enable_grad():  # the chosen logits are taken on the graph, whatever the caller's mode
+        for head, out in logits.items():
+            scores = out  # (B, C); an ensemble's members have their own entries (`verb/spatial`, ...)
+            target = targets.get(head, targets.get(head.split("/")[0]))  # a member without a target: its head's
+            cls = scores.argmax(-1) if target is None else torch.as_tensor(target).expand(scores.shape[0])
+            chosen = scores.gather(1, cls.view(-1, 1).to(scores.device)).sum()
+            grads = torch.autograd.grad(chosen, [entry["spatial"], entry["temporal"]], retain_graph=True,
+                                        allow_unused=True)
+            maps[head] = {}
+            for (role, tokens), grad in zip(entry.items(), grads, strict=True):
+                patches = tokens[:, :, prefix[role]:].detach()  # (B, T, N, D)
+                g = torch.zeros_like(patches) if grad is None else grad[:, :, prefix[role]:]
+                weights = g.mean((1, 2), keepdim=True)  # (B, 1, 1, D)
+                maps[head][role] = torch.relu((weights * patches).sum(-1)).float()  # (B, T, N)
     return {k: v.detach() for k, v in logits.items()}, maps
