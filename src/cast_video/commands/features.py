@@ -22,6 +22,8 @@ def register(sub) -> None:
                    "data.root, else each file's folder)")
     p.add_argument("--labels-json", help="SSV2's labels.json (default: the one beside the SSV2 JSON)")
     p.add_argument("--batch-size", type=int, default=8, help="views per forward pass")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="auto (default): bf16 where it is faster (cast_video.precision), else fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -54,7 +56,7 @@ def run(args) -> int:
     from ..weights import from_pretrained
 
     options = FeatureOptions(clips=args.clips, crops=args.crops, per_clip=args.per_clip, window=args.window,
-                             stride=args.stride, batch_size=args.batch_size)
+                             stride=args.stride, batch_size=args.batch_size, precision=args.precision)
     info = init_distributed(torch.device(args.device))
     model = from_pretrained(resolve_model_dir(args.model))
     data, fmt = _data_config(args)

@@ -32,6 +32,7 @@ from ..data.sampling import segment_indices
 from ..errors import AnnotationError, CastVideoError, ConfigError, DataError
 from ..files import atomic_write
 from ..models import CAST
+from ..precision import autocast, prepare
 from .distributed import DistInfo
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class FeatureOptions:
     stride: float | None = None
     batch_size: int = 8  # views per forward pass
     flush_every: int = 16  # videos per part file
+    precision: str = "auto"  # as predict's: bf16 (frozen weights stored in bf16) where it is faster, else fp32
 
 
 ANNOTATION_SUFFIXES = (".csv", ".txt", ".json")
@@ -150,7 +152,7 @@ def collect_inputs(inputs: list[str], data: DataConfig | None = None,
 def _row_options(options: FeatureOptions) -> str:
     """The options that decide what a row is (not how fast it is computed), as stored in the files."""
     o = dataclasses.asdict(options)
-    return json.dumps({k: o[k] for k in ("clips", "crops", "per_clip", "window", "stride")})
+    return json.dumps({k: o[k] for k in ("clips", "crops", "per_clip", "window", "stride", "precision")})
 
 
 def item_key(item: tuple[str, int, int | None]) -> str:
@@ -162,6 +164,7 @@ class FeatureExtractor:
     def __init__(self, model: CAST, options: FeatureOptions, device: str = "cpu"):
         cfg = model.config
         self.model, self.opt, self.device = model.to(device).eval(), options, torch.device(device)
+        self.precision, _ = prepare(self.model, options.precision, self.device)
         self.data = DataConfig(num_frames=cfg.num_frames, input_size=cfg.img_size, short_side=cfg.img_size,
                                norm=cfg.input_norm)
         self.augment = build_gpu_augment(self.data).to(device).eval()
@@ -172,7 +175,8 @@ class FeatureExtractor:
         with torch.no_grad():
             for i in range(0, len(views), self.opt.batch_size):
                 x = self.augment.normalize(views[i:i + self.opt.batch_size].to(self.device))
-                parts.append(self.model.forward_embeddings(x))
+                with autocast(self.precision, self.device):
+                    parts.append(self.model.forward_embeddings(x))
         return {r: torch.cat([p[r] for p in parts]).float().cpu() for r in parts[0]}
 
     def _views(self, path: str, start: int, length: int) -> tuple[torch.Tensor, list[str]]:
