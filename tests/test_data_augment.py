@@ -432,3 +432,46 @@ def test_mix_cutmix_and_box_position_are_independent_draws():
     assert abs(cut[mixed].float().mean().item() - 0.5) < 0.1
     rows = torch.arange(h).view(1, h, 1).expand_as(pasted)
     assert abs(rows[pasted & cut[:, None, None]].float().mean().item() - (h - 1) / 2) < 1.0
+
+
+def _timm_rand_bbox_shares(h: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """The pasted share of n cutmix boxes drawn by timm's rand_bbox (lam ~ Beta(1, 1)), written from its
+    description with numpy's own generator: the distribution the boxes must follow."""
+    cut = np.sqrt(1 - rng.uniform(size=n))
+    half = np.floor(h * cut) // 2
+    cy, cx = np.floor(rng.uniform(size=n) * h), np.floor(rng.uniform(size=n) * h)
+    y0, y1 = np.clip(cy - half, 0, h), np.clip(cy + half, 0, h)
+    x0, x1 = np.clip(cx - half, 0, h), np.clip(cx + half, 0, h)
+    return (y1 - y0) * (x1 - x0) / h**2
+
+
+def test_cutmix_boxes_follow_timms_rand_bbox():
+    """Cutmix only (alpha 1: lam uniform), 16 x 16 frames, 400 pairs. Every pasted region is one solid
+    rectangle; a box clear of the borders is a square of even side (both halves floor(16 sqrt(1 - lam)) / 2
+    wide); boxes reach row 0 and column 0; the box centre's row and column are independent; and the mean
+    pasted share is that of timm's rand_bbox (a numpy simulation of 100,000 boxes)."""
+    b, h = 800, 16
+    cfg = DataConfig(**{**PLAIN, "cutmix": 1.0, "mix_prob": 1.0})
+    aug = build_gpu_augment(cfg, {"a": 2}, seed=1).train()
+    first = torch.arange(b) < b // 2
+    video = torch.where(first, 60, 200).view(b, 1, 1, 1, 1).expand(b, 3, 2, h, h).to(torch.uint8)
+    out, _ = aug(video, {"a": (~first).long()}, keys=torch.arange(b))
+    pasted = ((denormalise(out, cfg) * 255)[: b // 2, 0, 0] - 200).abs() < 1e-2  # (P, H, W)
+    shares, centres, inner = [], [], 0
+    for p in pasted:
+        shares.append(p.float().mean().item())
+        if not p.any():
+            continue
+        ys, xs = p.any(1).nonzero()[:, 0], p.any(0).nonzero()[:, 0]
+        y0, y1, x0, x1 = ys.min().item(), ys.max().item() + 1, xs.min().item(), xs.max().item() + 1
+        assert p[y0:y1, x0:x1].all() and p.sum().item() == (y1 - y0) * (x1 - x0)  # one solid rectangle
+        if y0 > 0 and x0 > 0 and y1 < h and x1 < h:
+            inner += 1
+            assert y1 - y0 == x1 - x0 and (y1 - y0) % 2 == 0
+        centres.append(((y0 + y1) / 2, (x0 + x1) / 2))
+    assert inner > 20
+    assert pasted[:, 0, :].any() and pasted[:, :, 0].any()  # boxes reach the top row and the left column
+    cy, cx = np.array(centres).T
+    assert abs(np.corrcoef(cy, cx)[0, 1]) < 0.15
+    expected = _timm_rand_bbox_shares(h, 100_000, np.random.default_rng(0)).mean()
+    assert abs(np.mean(shares) - expected) < 0.03
