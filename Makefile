@@ -32,7 +32,7 @@ lint: setup
 # Mutation testing of the files changed since main (or FILES="engine/metrics.py ..."), with their fast
 # tests (or TESTS="tests/test_x.py ..."); prints the surviving mutants. See docs/CONTRIBUTING.md.
 mutants: setup
-	$(BIN)/python tools/mutants.py $(FILES) $(if $(TESTS),--tests $(TESTS)) $(if $(BASE),--base $(BASE))
+	$(BIN)/python tools/mutants.py $(FILES) $(if $(TESTS),--tests $(TESTS)) $(if $(BASE),--base $(BASE)) $(if $(FUNCTIONS),--functions $(FUNCTIONS))
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mutants

@@ -3,6 +3,7 @@
     make mutants                                   # files changed since the merge base with main
     make mutants FILES="engine/metrics.py data/sampling.py"
     make mutants FILES=engine/optim.py TESTS="tests/test_optim.py"
+    make mutants FILES=data/augment.py FUNCTIONS="ClipAugment._mix half_roll"   # part of a large file
     python tools/mutants.py --base origin/main
 
 mutmut copies the sources into a scratch folder, plants one small bug at a time (an operator, a
@@ -99,6 +100,18 @@ def write_workdir(files: list[Path], tests: list[str]) -> None:
     (WORK / "pyproject.toml").write_text("\n".join(lines) + "\n")
 
 
+def mutant_patterns(files: list[Path], functions: list[str]) -> list[str]:
+    """mutmut's names for the mutants of `functions` in `files`: `half_roll` -> `cast_video.data.augment.x_half_roll*`,
+    `ClipAugment._mix` -> `cast_video.data.augment.xǁClipAugmentǁ_mix*` (mutmut 3's mangling)."""
+    patterns = []
+    for path in files:
+        module = ".".join(path.with_suffix("").parts[1:])
+        for name in functions:
+            owner, _, method = name.rpartition(".")
+            patterns.append(f"{module}.xǁ{owner}ǁ{method}*" if owner else f"{module}.x_{name}*")
+    return patterns
+
+
 def mutmut(*args: str, capture: bool = False) -> str:
     run = subprocess.run([sys.executable, "-m", "mutmut", *args], cwd=WORK, text=True,
                          capture_output=capture, check=False)
@@ -111,6 +124,7 @@ def report(files: list[Path]) -> int:
     """Print the score per file and every surviving mutant's diff; returns the number of survivors."""
     lines = mutmut("results", "--all", "true", capture=True).splitlines()
     results = [line.strip().rsplit(": ", 1) for line in lines if ": " in line]
+    results = [(name, status) for name, status in results if status != "not checked"]  # --functions left them
     survivors = [name for name, status in results if status == "survived"]
     for name in survivors:
         print(mutmut("show", name, capture=True))
@@ -132,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="main", help="branch to diff against (default: main)")
     parser.add_argument("--tests", nargs="*", default=None, help="test files to run (default: each file's fast tests)")
     parser.add_argument("--max-children", type=int, default=None, help="parallel mutants (default: CPU count)")
+    parser.add_argument("--functions", nargs="*", default=None,
+                        help="only these functions / Class.methods of the files (a large file takes hours whole)")
     args = parser.parse_args(argv)
     files = [source_file(f) for f in args.files] if args.files else changed_files(args.base)
     if not files:
@@ -142,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"mutants: no test file imports {', '.join(map(str, files))}; name them with TESTS=...")
     print(f"mutating {', '.join(map(str, files))}\nwith {' '.join(tests)}", flush=True)
     write_workdir(files, tests)
-    mutmut("run", *(["--max-children", str(args.max_children)] if args.max_children else []))
+    mutmut("run", *(["--max-children", str(args.max_children)] if args.max_children else []),
+           *mutant_patterns(files, args.functions or []))
     report(files)
     return 0
 
