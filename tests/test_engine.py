@@ -257,6 +257,25 @@ def test_data_check_lists_counts_and_bad_files(tmp_path, ek_data, capsys):
     assert f"{0:>5} {'':<30} {verbs.count(0):>7}" in out
 
 
+def test_two_processes_accumulating_equal_one_with_the_same_total_batch(tmp_path, ek_data):
+    """2 processes x batch 1 x update_freq 2 = 1 process x batch 4: gradients are all-reduced once, at each
+    group's last micro-batch (no_sync before it), so every clip of the group counts once on every rank.
+    Syncing at the wrong micro-batch, or never, leaves a micro-batch out of the average or the ranks apart."""
+    plain = {"data.rand_augment": "", "data.color_jitter": 0.0, "data.flip": False, "data.mixup": 0.0,
+             "data.cutmix": 0.0, "model.overrides": {"drop_path": 0.0}, "optim.epochs": 1, "save_every_steps": 0}
+    one = tiny_config(ek_data, tmp_path / "one", **{**plain, "optim.batch_size": 4})
+    train(one, progress=False)
+    two = tiny_config(ek_data, tmp_path / "two", **{**plain, "optim.batch_size": 1, "optim.update_freq": 2})
+    config = _write_yaml(tmp_path / "two.yaml", to_dict(two))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29637",
+                    "-m", "cast_video", "train", str(config), "--no-progress"], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=240)
+    a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
 def test_two_processes_equal_one_with_augmentation_on(tmp_path, ek_data):
     """Flip, RandAugment, colour jitter, erasing, mixup and cutmix keyed by the sample (data/augment.py):
     2 processes x batch 2 train the weights of 1 process x batch 4 (drop path off: its masks are drawn
