@@ -115,6 +115,15 @@ def test_killed_run_resumes_exactly(tmp_path, ek_data):
     assert (full / "config.json").exists()
 
 
+def _train_two_processes(cfg, path, port: int) -> None:
+    """`cast-video train` of `cfg` (written to `path`) under torchrun with 2 gloo processes of one thread."""
+    config = _write_yaml(path, to_dict(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                    "-m", "cast_video", "train", str(config), "--no-progress"], check=True, env=env, cwd=ROOT,
+                   capture_output=True, timeout=240)
+
+
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, ek_data):
     plain = {"data.rand_augment": "", "data.color_jitter": 0.0, "data.flip": False, "data.mixup": 0.0,
              "data.cutmix": 0.0, "model.overrides": {"drop_path": 0.0}, "optim.epochs": 1,
@@ -122,11 +131,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, ek_data):
     one = tiny_config(ek_data, tmp_path / "one", **{**plain, "optim.batch_size": 4})
     train(one, progress=False)
     two = tiny_config(ek_data, tmp_path / "two", **{**plain, "optim.batch_size": 2})
-    config = _write_yaml(tmp_path / "two.yaml", to_dict(two))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29631",
-                    "-m", "cast_video", "train", str(config), "--no-progress"], check=True, env=env, cwd=ROOT,
-                   capture_output=True, timeout=240)
+    _train_two_processes(two, tmp_path / "two.yaml", port=29631)
     a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
@@ -266,11 +271,7 @@ def test_two_processes_accumulating_equal_one_with_the_same_total_batch(tmp_path
     one = tiny_config(ek_data, tmp_path / "one", **{**plain, "optim.batch_size": 4})
     train(one, progress=False)
     two = tiny_config(ek_data, tmp_path / "two", **{**plain, "optim.batch_size": 1, "optim.update_freq": 2})
-    config = _write_yaml(tmp_path / "two.yaml", to_dict(two))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29637",
-                    "-m", "cast_video", "train", str(config), "--no-progress"], check=True, env=env, cwd=ROOT,
-                   capture_output=True, timeout=240)
+    _train_two_processes(two, tmp_path / "two.yaml", port=29637)
     a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
@@ -287,11 +288,7 @@ def test_two_processes_equal_one_with_augmentation_on(tmp_path, ek_data):
     one = tiny_config(ek_data, tmp_path / "one", **{**on, "optim.batch_size": 4})
     train(one, progress=False)
     two = tiny_config(ek_data, tmp_path / "two", **{**on, "optim.batch_size": 2})
-    config = _write_yaml(tmp_path / "two.yaml", to_dict(two))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29633",
-                    "-m", "cast_video", "train", str(config), "--no-progress"], check=True, env=env, cwd=ROOT,
-                   capture_output=True, timeout=240)
+    _train_two_processes(two, tmp_path / "two.yaml", port=29633)
     a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
