@@ -15,19 +15,9 @@ import statistics
 import time
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from cast_video.benchmark import CountSyncs
 from cast_video.data import DataConfig, build_gpu_augment
-
-
-class CountReads(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
 
 
 def main() -> None:
@@ -51,7 +41,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - tic)
-    with CountReads() as reads:
+    with CountSyncs() as reads:
         aug(video, labels, keys=torch.arange(args.batch), epoch=1)
     print(f"device {device}, batch {args.batch} x {args.frames} x {args.size}^2, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads: {1000 * statistics.median(times[2:]):.1f} ms per batch, "

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from cast_video.benchmark import CountSyncs
 from cast_video.data import DataConfig, build_gpu_augment
 from cast_video.data.augment import (
     _TRIES,
@@ -219,16 +219,6 @@ def test_n_processes_augment_as_one_process_with_the_global_batch(world):
                 torch.testing.assert_close(mine_t[t], one_t[t][rows], rtol=0, atol=1e-6)
 
 
-class CountSyncs(TorchDispatchMode):
-    """Counts device-to-host scalar reads (`.item()`, `int(t)`, `if t:`): each one stalls an accelerator."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
 
 
 def test_augmenting_a_batch_reads_nothing_back_from_the_device():

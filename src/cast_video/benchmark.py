@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError
@@ -127,6 +128,19 @@ def device_name(device: torch.device) -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+class CountSyncs(TorchDispatchMode):
+    """Counts device-to-host scalar reads (`.item()`, `int(t)`, `if t:`) made inside it: each one stalls an
+    accelerator, so a batched GPU stage (augmentation, a training step) should make none."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
 
 
 class PeakMemory:
