@@ -115,26 +115,25 @@ def test_killed_run_resumes_exactly(tmp_path, ek_data):
     assert (full / "config.json").exists()
 
 
-def _train_two_processes(cfg, path, port: int) -> None:
-    """`cast-video train` of `cfg` (written to `path`) under torchrun with 2 gloo processes of one thread."""
-    config = _write_yaml(path, to_dict(cfg))
+def _two_processes_equal_one(ek_data, tmp_path, settings: dict, one: dict, two: dict, port: int) -> None:
+    """Train `settings` + `one` in this process and `settings` + `two` under torchrun with 2 gloo processes of
+    one thread each (`cast-video train`); the trained weights must agree to float tolerance."""
+    train(tiny_config(ek_data, tmp_path / "one", **{**settings, **one}), progress=False)
+    config = _write_yaml(tmp_path / "two.yaml", to_dict(tiny_config(ek_data, tmp_path / "two", **{**settings, **two})))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                     "-m", "cast_video", "train", str(config), "--no-progress"], check=True, env=env, cwd=ROOT,
                    capture_output=True, timeout=240)
+    a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
 
 
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, ek_data):
     plain = {"data.rand_augment": "", "data.color_jitter": 0.0, "data.flip": False, "data.mixup": 0.0,
              "data.cutmix": 0.0, "model.overrides": {"drop_path": 0.0}, "optim.epochs": 1,
              "data.val": str(ek_data / "val.csv"), "save_every_steps": 0}
-    one = tiny_config(ek_data, tmp_path / "one", **{**plain, "optim.batch_size": 4})
-    train(one, progress=False)
-    two = tiny_config(ek_data, tmp_path / "two", **{**plain, "optim.batch_size": 2})
-    _train_two_processes(two, tmp_path / "two.yaml", port=29631)
-    a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    _two_processes_equal_one(ek_data, tmp_path, plain, {"optim.batch_size": 4}, {"optim.batch_size": 2}, port=29631)
     metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert metrics["num_videos"] == 5  # 5 validation videos over 2 ranks, each counted once
     assert metrics == pytest.approx(json.loads((tmp_path / "one" / "metrics.json").read_text()), abs=1e-3)
@@ -268,13 +267,8 @@ def test_two_processes_accumulating_equal_one_with_the_same_total_batch(tmp_path
     Syncing at the wrong micro-batch, or never, leaves a micro-batch out of the average or the ranks apart."""
     plain = {"data.rand_augment": "", "data.color_jitter": 0.0, "data.flip": False, "data.mixup": 0.0,
              "data.cutmix": 0.0, "model.overrides": {"drop_path": 0.0}, "optim.epochs": 1, "save_every_steps": 0}
-    one = tiny_config(ek_data, tmp_path / "one", **{**plain, "optim.batch_size": 4})
-    train(one, progress=False)
-    two = tiny_config(ek_data, tmp_path / "two", **{**plain, "optim.batch_size": 1, "optim.update_freq": 2})
-    _train_two_processes(two, tmp_path / "two.yaml", port=29637)
-    a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    _two_processes_equal_one(ek_data, tmp_path, plain, {"optim.batch_size": 4},
+                             {"optim.batch_size": 1, "optim.update_freq": 2}, port=29637)
 
 
 def test_two_processes_equal_one_with_augmentation_on(tmp_path, ek_data):
@@ -285,10 +279,4 @@ def test_two_processes_equal_one_with_augmentation_on(tmp_path, ek_data):
           "data.flip": True, "data.random_erasing": 0.5, "data.mixup": 0.8, "data.cutmix": 1.0,
           "data.switch_prob": 0.5, "data.mix_prob": 1.0, "model.overrides": {"drop_path": 0.0},
           "optim.epochs": 1, "save_every_steps": 0}
-    one = tiny_config(ek_data, tmp_path / "one", **{**on, "optim.batch_size": 4})
-    train(one, progress=False)
-    two = tiny_config(ek_data, tmp_path / "two", **{**on, "optim.batch_size": 2})
-    _train_two_processes(two, tmp_path / "two.yaml", port=29633)
-    a, b = trainable_state(tmp_path / "one"), trainable_state(tmp_path / "two")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    _two_processes_equal_one(ek_data, tmp_path, on, {"optim.batch_size": 4}, {"optim.batch_size": 2}, port=29633)
