@@ -111,7 +111,6 @@ class StillRunConfig:
     resume: str = "auto"  # an interrupted demo continues the stage exactly
     save_every_steps: int = 0
     keep_last: int = 1
-    eval_every_epochs: int = 1
     log_every_steps: int = 10
 
 
