@@ -304,7 +304,7 @@ def test_eval_under_torchrun_shards_and_writes_once(tmp_path, ek_data, capsys):
 
 
 NAN_ON_RANK_1 = """
-import os, sys
+import os, sys, time
 from cast_video import cli
 from cast_video.engine import loop
 
@@ -313,13 +313,19 @@ def nan_on_rank_1(self, runner, batch, epoch, micro):
     value = loss(self, runner, batch, epoch, micro)
     return value * float("nan") if int(os.environ["RANK"]) == 1 and micro == 1 else value
 loop.ClassificationTask.loss = nan_on_rank_1
+close = loop.Run.close
+def slow_close_on_rank_0(self):  # rank 0 lags (as when it flushes a big log): torchrun must not cut it short
+    time.sleep(3 if int(os.environ["RANK"]) == 0 else 0)
+    close(self)
+loop.Run.close = slow_close_on_rank_0
 sys.exit(cli.main(["train", sys.argv[1], "--no-progress"]))
 """
 
 
 def test_a_nonfinite_loss_on_one_rank_stops_every_rank_with_its_name(tmp_path, ek_data):
     """Rank 1 alone fails in its second micro-batch: both ranks stop with one line naming rank 1, exit 2,
-    and the checkpoint holds the state before that step with both ranks' RNG."""
+    and the checkpoint holds the state before that step with both ranks' RNG. Rank 0 is made to lag
+    on its way out: torchrun stops every rank once one exits, so each must wait for the others' lines."""
     script = tmp_path / "nan_on_rank_1.py"
     script.write_text(NAN_ON_RANK_1)
     config = _write_yaml(tmp_path / "run.yaml", to_dict(tiny_config(ek_data, tmp_path / "run",

@@ -69,11 +69,32 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.
 def main(argv: list[str] | None = None) -> int:
     args = _parse(build_parser(), argv)
     _show_library_log()
+    code, together = _run(args)
+    _leave_process_group(together)
+    return code
+
+
+def _run(args: argparse.Namespace) -> tuple[int, bool]:
+    """The command's exit status, and whether it ended where every other torchrun rank ends too (it
+    returned, or raised an error that every rank raises at the same point, such as `NonFiniteLoss`)."""
     try:
-        return args.func(args) or 0
+        return args.func(args) or 0, True
     except (CastVideoError, OSError) as err:  # OSError: a missing, unreadable or unwritable path the user gave
         print(f"cast-video {args.command}: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return 2, getattr(err, "on_every_rank", False)
+
+
+def _leave_process_group(together: bool) -> None:
+    """A command run under torchrun leaves its process group here, after all of its output: torchrun stops
+    every other rank as soon as one exits, so when the ranks ended together each waits for the others'
+    last lines before any of them exits."""
+    if "torch.distributed" not in sys.modules:  # no command that could have joined a group ran
+        return
+    from .engine.distributed import close_distributed
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    close_distributed(wait=together)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from __future__ import annotations
 class CastVideoError(Exception):
     """Base of every error the library raises on purpose; the message names what is at fault."""
 
+    on_every_rank = False  # raised by every rank of a torchrun group at the same point (the CLI then waits)
+
 
 class ConfigError(CastVideoError, ValueError):
     """A config key or value that does not fit the schema; the message names the dotted key."""
@@ -37,4 +39,7 @@ class CheckpointError(CastVideoError, ValueError):
 
 
 class NonFiniteLoss(CastVideoError, RuntimeError):
-    """A NaN or infinite loss; the message names the rank, the value and the checkpoint to resume from."""
+    """A NaN or infinite loss; the message names the rank, the value and the checkpoint to resume from.
+    The ranks share their losses before deciding, so every rank raises it at the same step."""
+
+    on_every_rank = True

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch.distributed as dist
 
 
 def register(sub) -> None:
@@ -49,7 +48,7 @@ def run(args) -> int:
     from ..data import load_annotations
     from ..engine import build_model, evaluate
     from ..engine.autoconfig import check_shapes
-    from ..engine.distributed import close_distributed, init_distributed
+    from ..engine.distributed import init_distributed
     from ..engine.loop import configure_device, pick_device
     from ..engine.report import write_outputs
     from ..engine.rundir import best_checkpoint, head_labels, load_run
@@ -62,25 +61,20 @@ def run(args) -> int:
                           "evaluate")
     checkpoint = args.checkpoint or best_checkpoint(cfg.output_dir)
     device = pick_device(cfg.device)
-    owns_group = not dist.is_initialized()
-    info = init_distributed(device)
-    try:
-        configure_device(device, info)
-        model = build_model(cfg)
-        check_shapes(cfg, model.config)
-        load_trained_weights(model, checkpoint)
-        if info.main:
-            print(f"evaluating {checkpoint} on data.{args.split} ({getattr(cfg.data, args.split)})")
-        metrics, results = evaluate(model.to(device), cfg, args.split, device, info, progress=not args.no_progress)
-        if not info.main:
-            return 0
-        names = {**load_annotations(cfg.data, args.split)[1], **head_labels(model.config)}
-        out = Path(args.out or Path(cfg.output_dir) / f"eval_{args.split}")
-        for path in write_outputs(out, metrics, results, names):
-            print(f"wrote {path}")
-        print("\n".join(per_class_lines(results, names)))
-        print(json.dumps(metrics, indent=2))
+    info = init_distributed(device)  # left by the CLI after printing
+    configure_device(device, info)
+    model = build_model(cfg)
+    check_shapes(cfg, model.config)
+    load_trained_weights(model, checkpoint)
+    if info.main:
+        print(f"evaluating {checkpoint} on data.{args.split} ({getattr(cfg.data, args.split)})")
+    metrics, results = evaluate(model.to(device), cfg, args.split, device, info, progress=not args.no_progress)
+    if not info.main:
         return 0
-    finally:
-        if owns_group:
-            close_distributed()
+    names = {**load_annotations(cfg.data, args.split)[1], **head_labels(model.config)}
+    out = Path(args.out or Path(cfg.output_dir) / f"eval_{args.split}")
+    for path in write_outputs(out, metrics, results, names):
+        print(f"wrote {path}")
+    print("\n".join(per_class_lines(results, names)))
+    print(json.dumps(metrics, indent=2))
+    return 0

@@ -14,9 +14,12 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..engine.distributed import init_distributed
+    from ..engine.loop import pick_device
     from ..pretrain import PretrainConfig, pretrain
 
     cfg = load_yaml(PretrainConfig, args.config, args.set)
+    init_distributed(pick_device(cfg.device))  # held by the command: the CLI leaves it after printing
     result = pretrain(cfg, progress=not args.no_progress)
     print(f"loss {result['loss'][0]:.4f} -> {result['loss'][-1]:.4f} over {len(result['loss'])} epochs")
     print(f"temporal expert: {result['expert']}")

@@ -91,6 +91,8 @@ def _from_config(args, overrides: list[str]):
 def run(args) -> int:
     from ..engine import train
     from ..engine.autoconfig import check_batch, check_expert_weights, main_process, world_size, write_plan
+    from ..engine.distributed import init_distributed
+    from ..engine.loop import pick_device
     from ..engine.rundir import prepare_output_dir, save_run_config, summary
 
     overrides = list(args.overrides)
@@ -117,6 +119,7 @@ def run(args) -> int:
         cfg = write_plan(plan)  # every rank reads the same split files (written atomically, identical)
     if main:
         save_run_config(cfg)
+    init_distributed(pick_device(cfg.device))  # held by the command: the CLI leaves it after printing
     train(cfg, progress=not args.no_progress)
     if main:
         print("\n".join(summary(cfg)))

@@ -37,9 +37,12 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def close_distributed() -> None:
-    """Leave the process group (every rank, at the end of a command that joined it)."""
+def close_distributed(wait: bool = False) -> None:
+    """Leave the process group (every rank, at the end of a command that joined it); with `wait`, only
+    once every rank has come here."""
     if dist.is_initialized():
+        if wait and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
