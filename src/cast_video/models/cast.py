@@ -93,7 +93,8 @@ class CASTConfig:
     # "full": autograd keeps every activation in fp32 (the reference);
     # "recompute": the exchange and LN2 + MLP adapter of each block are recomputed in backward from
     #   their inputs (exact; the same drop-path masks);
-    # "bf16": the frozen experts' branches (attention, LN2, MLP) keep their activations in bf16;
+    # "bf16": every activation the blocks keep (frozen branches, adapters, exchange) is stored in bf16
+    #   and read back as fp32: the same forward, gradients within bf16 rounding;
     # "recompute_bf16": both.
     memory: str = "full"
 
@@ -201,19 +202,16 @@ class CASTBlock(nn.Module):
             self.exchange.init_weights()
 
     def forward(self, xs: torch.Tensor, xt: torch.Tensor, spatial: ExpertBlock, temporal: ExpertBlock,
-                frozen: AbstractContextManager | None = None, recompute: bool = False):
+                recompute: bool = False):
         """xs: spatial tokens (B, T, Ls, Ds), xt: temporal tokens (B, T, Lt, Dt); shapes are kept.
 
-        `frozen`: the context the frozen experts' branches run in (`SavedInBf16` keeps what they save
-        for backward in bf16); `recompute`: recompute the exchange and LN2 + MLP adapter in backward
-        (`CASTConfig.memory`). Neither changes the forward's values.
+        `recompute`: recompute the exchange and LN2 + MLP adapter in backward (`CASTConfig.memory`); it
+        does not change the forward's values.
         """
-        frozen = frozen or nullcontext()
         # eq. 3: Y = X + MHSA(LN(X)) + ADAP(MHSA(LN(X))); spatial attention within a frame,
         # temporal attention over space-time.
-        with frozen:
-            a_s = spatial.attention(xs, joint_time=False)
-            a_t = temporal.attention(xt, joint_time=True)
+        a_s = spatial.attention(xs, joint_time=False)
+        a_t = temporal.attention(xt, joint_time=True)
         xs = xs + a_s + (self.s_attn_adapter(a_s) if self.s_attn_adapter is not None else 0)
         xt = xt + a_t + (self.t_attn_adapter(a_t) if self.t_attn_adapter is not None else 0)
         # eq. 4: B = Y + Phi(Y_s, Y_t)
@@ -227,24 +225,19 @@ class CASTBlock(nn.Module):
             if delta_t is not None:
                 xt = xt + self.drop_path(delta_t)
         # eq. 5: X' = B + FFN(LN(B)) + s * ADAP(LN(B)), s = 0.5 as in the official model
-        xs = self._ffn(xs, spatial, self.s_mlp_adapter, frozen, recompute)
-        xt = self._ffn(xt, temporal, self.t_mlp_adapter, frozen, recompute)
+        xs = self._ffn(xs, spatial, self.s_mlp_adapter, recompute)
+        xt = self._ffn(xt, temporal, self.t_mlp_adapter, recompute)
         return xs, xt
 
-    def _ffn(self, x: torch.Tensor, block: ExpertBlock, adapter: Adapter | None, frozen: AbstractContextManager,
-             recompute: bool) -> torch.Tensor:
+    def _ffn(self, x: torch.Tensor, block: ExpertBlock, adapter: Adapter | None, recompute: bool) -> torch.Tensor:
         if adapter is None:
-            with frozen:
-                return x + block.feed_forward(block.norm2(x))
+            return x + block.feed_forward(block.norm2(x))
         if recompute:  # keeps x only: LN2 and the adapter run again in backward
             h, side = checkpoint(_norm_and_adapt, x, block.norm2, adapter, use_reentrant=False)
         else:
-            with frozen:
-                h = block.norm2(x)
+            h = block.norm2(x)
             side = adapter(h)
-        with frozen:
-            x = x + block.feed_forward(h)
-        return x + self.drop_path(self.mlp_adapter_scale * side)
+        return x + block.feed_forward(h) + self.drop_path(self.mlp_adapter_scale * side)
 
 
 def _norm_and_adapt(x: torch.Tensor, norm: nn.Module, adapter: Adapter) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,37 +365,37 @@ class CAST(nn.Module):
         xs = self.spatial.embed(video)
         xt = self.temporal.embed(video)
         checkpointing = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
-        frozen, recompute = self._memory_plan() if not checkpointing else (nullcontext(), False)
-        for i in range(len(self.blocks)):
-            if checkpointing:  # recompute activations in backward: less memory
-                xs, xt = checkpoint(self._step, i, xs, xt, use_reentrant=False)
-            else:
-                xs, xt = self._step(i, xs, xt, frozen, recompute)
+        stored, recompute = self._memory_plan() if not checkpointing else (nullcontext(), False)
+        with stored:
+            for i in range(len(self.blocks)):
+                if checkpointing:  # recompute activations in backward: less memory
+                    xs, xt = checkpoint(self._step, i, xs, xt, use_reentrant=False)
+                else:
+                    xs, xt = self._step(i, xs, xt, recompute)
         return xs, xt
 
     def _memory_plan(self) -> tuple[AbstractContextManager, bool]:
-        """(the context of the frozen branches, whether to recompute) for `CASTConfig.memory`; a plain
-        run where nothing is kept for backward (no grad, or eval), and under torch.compile, whose
+        """(the context the blocks run in, whether to recompute) for `CASTConfig.memory`; a plain run
+        where nothing is kept for backward (no grad, or eval), and under torch.compile, whose
         partitioner chooses what to keep and what to recompute for the whole graph itself."""
         kept = self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
         mode = self.config.memory if kept else "full"
-        frozen = nullcontext()
-        if mode in ("bf16", "recompute_bf16"):
+        stored = nullcontext()
+        if mode in ("bf16", "recompute_bf16"):  # everything the blocks save, in bf16, but the weights
             resident = [*self.parameters(), *self.buffers()]
-            frozen = SavedInBf16({t.untyped_storage().data_ptr() for t in resident})
-        return frozen, mode in ("recompute", "recompute_bf16")
+            stored = SavedInBf16({t.untyped_storage().data_ptr() for t in resident})
+        return stored, mode in ("recompute", "recompute_bf16")
 
-    def _step(self, i: int, xs: torch.Tensor, xt: torch.Tensor, frozen: AbstractContextManager | None = None,
-              recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _step(self, i: int, xs: torch.Tensor, xt: torch.Tensor, recompute: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
         """CAST block i (eq. 3-5), after the deeper expert's unadapted blocks before it (`CASTConfig.depth`)."""
         ks, kt = self.config.blocks_per_step("spatial"), self.config.blocks_per_step("temporal")
-        with frozen or nullcontext():
-            for plain in self.spatial.blocks[i * ks:(i + 1) * ks - 1]:
-                xs = plain(xs, joint_time=False)
-            for plain in self.temporal.blocks[i * kt:(i + 1) * kt - 1]:
-                xt = plain(xt, joint_time=True)
+        for plain in self.spatial.blocks[i * ks:(i + 1) * ks - 1]:
+            xs = plain(xs, joint_time=False)
+        for plain in self.temporal.blocks[i * kt:(i + 1) * kt - 1]:
+            xt = plain(xt, joint_time=True)
         return self.blocks[i](xs, xt, self.spatial.blocks[(i + 1) * ks - 1], self.temporal.blocks[(i + 1) * kt - 1],
-                              frozen=frozen, recompute=recompute)
+                              recompute=recompute)
 
     def pool_embeddings(self, tokens: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The features the heads read: {"spatial": CLS(X_s) (B, Ds), "temporal": GAP(X_t) (B, Dt)}, and
