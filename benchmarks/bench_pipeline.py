@@ -7,7 +7,9 @@ Videos: `--videos` synthetic 1280x720 30 fps H.264 files of `--seconds` s (x264 
 keyframe every 250 frames as YouTube-style downloads have; content: a smooth random texture drifting
 4 px per frame, a moving sinusoid and mild per-frame noise, so the bitrate is that of real footage,
 printed), prepared once with `data.prepare` (timed: encode speed per core), with its defaults (320 short side,
-GOP 16, CRF 23, preset fast, tune fastdecode) and once more with `--gop 8`. Each variant is the real
+GOP 16, CRF 23, preset fast, tune fastdecode), once more with `--gop 8` and once as JPEG frames
+(`--frames jpg`). Two rows seek at every keyframe passed (`min_seek_skip=1`) against the default 4.
+Each variant is the real
 `VideoDataset` + `DataLoader(num_workers=0, batch_size=4, collate)` with torch on one thread and one
 decoder thread, i.e. one core. The per-core figure is clips per CPU second of the process
 (`time.process_time`), which a shared, oversubscribed machine inflates far less than wall time; clips
@@ -57,12 +59,15 @@ def synthetic_720p(path: Path, seconds: float, seed: int) -> Path:
     return path
 
 
-def loader_rate(listing: Path, sampling: str, clips: int, plan_seeks: bool = True, **data) -> tuple[float, float]:
+def loader_rate(listing: Path, sampling: str, clips: int, plan_seeks: bool = True, min_seek_skip: int | None = None,
+                **data) -> tuple[float, float]:
     """(clips per wall second, clips per CPU second of this process) of the whole loader."""
     cfg = DataConfig(train=str(listing), sampling=sampling, num_frames=16, input_size=224,
                      **{"decode_threads": 1, **data})
     dataset = VideoDataset(cfg, "train")
     dataset.video_backend.plan_seeks = plan_seeks
+    if min_seek_skip is not None:
+        dataset.video_backend.min_seek_skip = min_seek_skip
     sampler = RandomSampler(dataset, replacement=True, num_samples=clips, generator=torch.Generator().manual_seed(0))
     loader = DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=0, collate_fn=collate)
     for path in {s.path for s in dataset.samples}:  # frame counts cached, as a worker caches them once
@@ -82,7 +87,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        raw, prepared, gop8 = Path(tmp) / "raw", Path(tmp) / "prepared", Path(tmp) / "gop8"
+        raw, prepared, gop8, jpg = (Path(tmp) / name for name in ("raw", "prepared", "gop8", "jpg"))
         raw.mkdir()
         videos = [synthetic_720p(raw / f"v{i}.mp4", args.seconds, i) for i in range(args.videos)]
         tic = time.process_time()
@@ -92,22 +97,32 @@ def main() -> None:
         prepare_s = time.process_time() - tic
         for v in videos:
             assert prepare_video(v, gop8 / v.name, PrepareOptions(short_side=320, gop=8, threads=1)).status == "done"
+            jpeg = PrepareOptions(short_side=320, frames="jpg", threads=1)
+            assert prepare_video(v, jpg / v.stem, jpeg).status == "done"
         frames = sum(video_info(v).num_frames for v in videos)
-        info = {"720p Mbit/s": round(8 * sum(v.stat().st_size for v in videos) / (frames / 30) / 1e6, 2),
-                "320p Mbit/s": round(8 * sum((prepared / v.name).stat().st_size for v in videos) / (frames / 30) / 1e6,
-                                     2),
+        seconds = frames / 30
+
+        def mbit_s(folder: Path) -> float:
+            return round(8 * sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / seconds / 1e6, 2)
+
+        info = {"720p Mbit/s": mbit_s(raw), "320p Mbit/s": mbit_s(prepared), "320p GOP 8 Mbit/s": mbit_s(gop8),
+                "320p JPEG frames Mbit/s": mbit_s(jpg),
                 "prepare: frames per CPU s (720p decode, scale, 320p encode)": round(frames / prepare_s, 1),
                 "torch": torch.__version__, "pyav": av.__version__, "load average": os.getloadavg()[0]}
         lists = {}
-        for name, folder in (("raw", raw), ("prepared", prepared), ("gop8", gop8)):
+        for name, folder in (("raw", raw), ("prepared", prepared), ("gop8", gop8), ("jpg", jpg)):
             lists[name] = Path(tmp) / f"{name}.txt"
-            lists[name].write_text("".join(f"{folder / v.name} 0\n" for v in videos))
+            lists[name].write_text("".join(f"{folder / (v.stem if name == 'jpg' else v.name)} 0\n" for v in videos))
         variants = [("720p H.264 GOP 250 (as downloaded)", "raw", {}),
                     ("720p, scaled on decode to 320", "raw", {"decode_short_side": 320}),
                     ("720p, 2 decoder threads (2 cores, frame+slice threads)", "raw", {"decode_threads": 2}),
                     ("prepared 320p GOP 16", "prepared", {}),
                     ("prepared 320p GOP 16, seeks by gap only", "prepared", {"plan_seeks": False}),
-                    ("prepared 320p GOP 8 (--gop 8)", "gop8", {})]
+                    ("prepared 320p GOP 16, a seek at every keyframe passed (min_seek_skip=1)", "prepared",
+                     {"min_seek_skip": 1}),
+                    ("prepared 320p GOP 8 (--gop 8)", "gop8", {}),
+                    ("prepared 320p GOP 8, min_seek_skip=1", "gop8", {"min_seek_skip": 1}),
+                    ("prepared 320p JPEG frames (--frames jpg)", "jpg", {})]
         rates: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
             for sampling in ("segment", "dense"):

@@ -56,13 +56,14 @@ def test_planned_seeks_give_exactly_the_frames_of_a_full_decode(gop16):
         np.testing.assert_array_equal(planned, full[idx])
 
 
-def ideal_cost(wanted: list[int], gop: int, position: int = -1) -> int:
-    """Frames decoded, by hand, when each wanted frame is reached from the nearer of the keyframe at or
-    before it and the frame decoded last (a fixed GOP: keyframes at multiples of `gop`)."""
+def ideal_cost(wanted: list[int], gop: int, position: int = -1, min_skip: int = 4) -> int:
+    """Frames decoded, by hand, when each wanted frame is reached from the keyframe at or before it if
+    seeking there skips at least `min_skip` frames, else from the frame decoded last (a fixed GOP:
+    keyframes at multiples of `gop`)."""
     cost = 0
     for i in wanted:
         key = i - i % gop
-        start = position + 1 if key <= position + 1 else key
+        start = key if key - (position + 1) >= min_skip else position + 1
         cost += i - start + 1
         position = i
     return cost
@@ -88,6 +89,18 @@ def test_segment_clip_on_gop16_decodes_far_fewer_frames_than_seeking_by_gap(gop1
     # 0..8 (keyframe 0 seen), 9..23 (keyframe 16 seen: the GOP is known), then the hand rule from 23:
     # 142 frames instead of 234
     assert planned.frames_decoded == 9 + 15 + ideal_cost(idx[2:], 16, position=23)
+
+
+@pytest.mark.parametrize("min_skip", [1, 3, 4, 8])
+def test_a_dense_clip_seeks_only_where_it_skips_at_least_min_seek_skip_frames(gop16, min_skip):
+    """Frames 0, 4, ..., 60 on GOP 16: past each keyframe (16, 32, 48) a seek would skip 3 frames, so
+    with min_seek_skip 1 it seeks there and with 4 or more it decodes through; the frames are the same."""
+    idx = list(range(0, 64, 4))
+    backend = PyAVBackend(threads=1, min_seek_skip=min_skip)
+    assert count_ids(torch.from_numpy(backend.read(str(gop16), idx))) == [i % 60 for i in idx]
+    # 0 (keyframe 0), then 1..16 (keyframe 16 seen: the GOP is known), then the hand rule from 16
+    assert backend.frames_decoded == 1 + 16 + ideal_cost(idx[5:], 16, position=16, min_skip=min_skip)
+    assert backend.seeks == (2 if min_skip <= 3 else 0)  # frame 0 needs none; then at 32 and 48, or none
 
 
 def test_irregular_keyframes_never_lose_frames(tmp_path):

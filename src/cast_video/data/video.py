@@ -98,11 +98,13 @@ class _KeyframePlan:
     before a target is predicted exactly (the period is the gcd of the distances between the keyframes
     seen, since seeks skip some); before that, or once a prediction failed (a seek that landed no
     further than the frame decoded last: irregular GOPs, as scene cuts make), a gap of more than
-    `seek_gap` frames is crossed by seeking. A wrong guess costs time,
+    `seek_gap` frames is crossed by seeking. A seek that would skip fewer than `min_skip` frames is
+    not taken: decoding a few frames costs less than a seek, which flushes the decoder (a dense clip
+    takes every 4th frame, so at each keyframe a seek would skip 3). A wrong guess costs time,
     never frames: the frames returned are checked by their timestamps either way."""
 
-    def __init__(self, seek_gap: int):
-        self.seek_gap = seek_gap
+    def __init__(self, seek_gap: int, min_skip: int = 4):
+        self.seek_gap, self.min_skip = seek_gap, min_skip
         self.last = -1  # the last keyframe seen
         self.period = 0  # gcd of the distances between the keyframes seen (seeks skip some)
         self.reliable = True
@@ -124,7 +126,7 @@ class _KeyframePlan:
             return False
         key = self.keyframe_before(target)
         if key is not None:
-            return key > position + 1
+            return key - (position + 1) >= self.min_skip
         return target - position > self.seek_gap
 
 
@@ -142,7 +144,8 @@ def _take(wanted: list[int], i: int, idx: int, frame, frames: dict, convert: dic
 class PyAVBackend:
     """Seek-and-decode with PyAV. Seeks are planned per wanted frame (`_KeyframePlan`): one seek to
     the keyframe before the clip's first frame, then forward decoding, and another seek wherever a
-    keyframe lies between the frame decoded last and the next wanted one. `plan_seeks=False`: seek only
+    keyframe lies between the frame decoded last and the next wanted one and the seek skips at least
+    `min_seek_skip` frames (4: docs/DATA.md measures it). `plan_seeks=False`: seek only
     across gaps of more than `seek_gap` frames (96: a GOP is rarely over 300 frames, so decoding 96
     frames is about what a seek costs). `threads`: FFmpeg's decoder threads (0: its own choice, all
     cores; the dataset sets it per loader worker, see `dataset.decode_threads`). `short_side`: scale
@@ -150,8 +153,9 @@ class PyAVBackend:
 
     name = "pyav"
 
-    def __init__(self, seek_gap: int = 96, threads: int = 0, short_side: int = 0, plan_seeks: bool = True):
-        self.seek_gap = seek_gap
+    def __init__(self, seek_gap: int = 96, threads: int = 0, short_side: int = 0, plan_seeks: bool = True,
+                 min_seek_skip: int = 4):
+        self.seek_gap, self.min_seek_skip = seek_gap, min_seek_skip
         self.threads = threads
         self.short_side = short_side
         self.plan_seeks = plan_seeks
@@ -260,7 +264,7 @@ class PyAVBackend:
         per wanted frame. A seek that lands past its target (a broken index) falls back to decoding
         from the start, never seeking again; one that lands at or before the frame decoded last marks
         the plan's guess wrong."""
-        plan = _KeyframePlan(self.seek_gap)
+        plan = _KeyframePlan(self.seek_gap, self.min_seek_skip)
         if not self.plan_seeks:
             plan.reliable = False
         position, frames_iter, seeked, may_seek, i, decided = -1, None, False, True, 0, -1
