@@ -9,8 +9,8 @@ models on one random clip.
     git clone https://github.com/KHU-VLL/CAST /tmp/CAST
     .venv/bin/python tools/check_official_parity.py --official-repo /tmp/CAST
 
-The official file imports four timm helpers; timm cannot be installed beside the CPU torch used
-here, so they are supplied with plain equivalents (inference does not use drop_path).
+The official file is imported by `tools/official_cast.py` (timm's four helpers supplied by plain
+equivalents).
 """
 
 from __future__ import annotations
@@ -19,24 +19,12 @@ import argparse
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
-from torch import nn
+from official_cast import load_official
 
 from cast_video import load_official_cast
-
-
-def _fake_timm() -> None:
-    layers = types.ModuleType("timm.models.layers")
-    layers.drop_path = lambda x, drop_prob=0.0, training=False: x
-    layers.to_2tuple = lambda v: v if isinstance(v, tuple) else (v, v)
-    layers.trunc_normal_ = lambda t, std=1.0, **_: nn.init.trunc_normal_(t, std=std)
-    registry = types.ModuleType("timm.models.registry")
-    registry.register_model = lambda fn: fn
-    sys.modules.update({"timm": types.ModuleType("timm"), "timm.models": types.ModuleType("timm.models"),
-                        "timm.models.layers": layers, "timm.models.registry": registry})
 
 
 def main() -> int:
@@ -44,9 +32,7 @@ def main() -> int:
     parser.add_argument("--official-repo", required=True, type=Path, help="a clone of KHU-VLL/CAST")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |official - ours|")
     args = parser.parse_args()
-    _fake_timm()
-    sys.path.insert(0, str(args.official_repo / "models"))
-    import bidir_modeling_crossattn as official
+    official = load_official(args.official_repo)
 
     torch.manual_seed(0)
     worst = 0.0
