@@ -51,7 +51,9 @@ def _register_prepare(actions) -> None:
     p.add_argument("--preset", default="fast", help="x264 preset (default fast)")
     p.add_argument("--tune", default="fastdecode", help="x264 tune (default fastdecode: about 2x faster to "
                    "decode for 1.3x the size); '' for none")
-    p.add_argument("--frames", choices=["jpg"], default="", help="extract JPEG frames instead of re-encoding")
+    p.add_argument("--frames", choices=["jpg"], default="",
+                   help="extract JPEG frames instead of re-encoding (the fastest to load, about 10x the disk; "
+                   "for segment-sampled data such as SSV2 and EK100, docs/DATA.md)")
     p.add_argument("--jpeg-quality", type=int, default=2, help="JPEG quality, FFmpeg's -q:v: 2 (best) .. 31")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true")
