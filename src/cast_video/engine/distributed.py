@@ -40,7 +40,7 @@ def init_distributed(device: torch.device) -> DistInfo:
 def close_distributed(wait: bool = False) -> None:
     """Leave the process group (every rank, at the end of a command that joined it); with `wait`, only
     once every rank has come here."""
-    if dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():  # a torch built without distributed has no groups
         if wait and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
