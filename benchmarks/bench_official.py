@@ -48,11 +48,12 @@ def one_row(args, video: torch.Tensor) -> dict:
     model, params = _official(args.official_repo)
     m = measure(model, video, args.mode, params, "fp32", "sdpa", args.steps, args.warmup, loss_fn=official_loss)
     return {"preset": "official compo_bidir_vit_base_patch16_224", "mode": args.mode, "batch": args.batch,
-            "precision": "fp32", "attention": "official", "device": device_name(torch.device("cpu")),
-            "threads": torch.get_num_threads(), "ms_per_step": round(m.ms_per_step, 1),
+            "precision": "fp32", "attention": "official", "compile": False, "grad_checkpointing": False,
+            "device": device_name(torch.device("cpu")), "threads": torch.get_num_threads(),
+            "ms_per_step": round(m.ms_per_step, 1), "clips_per_s": round(args.batch * 1000 / m.ms_per_step, 4),
             "peak_memory_gb": round(m.peak_memory_gb, 3), "memory_kind": m.memory_kind,
-            "cpu_busy": round(m.cpu_busy, 2), "trainable_params": sum(q.numel() for q in params),
-            "torch_version": torch.__version__}
+            "cpu_busy": round(m.cpu_busy, 2), "mfu": None, "peak_tflops": None,
+            "trainable_params": sum(q.numel() for q in params), "torch_version": torch.__version__}
 
 
 def interleaved(args, video: torch.Tensor) -> dict:
