@@ -382,3 +382,30 @@ def test_an_exported_model_carries_experts_read_from_local_files(tmp_path):
     back = from_pretrained(tmp_path / "moved")
     for k, v in model.state_dict().items():
         torch.testing.assert_close(back.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+def test_frame_folders_are_clips_for_predict_features_and_pretraining(tmp_path):
+    """What `data prepare --frames jpg` writes (a folder of JPEGs per video) is found as one clip by
+    predict, features and pre-training, beside videos; a folder with neither is an error naming it,
+    not an empty result (predict used to print nothing and exit 0)."""
+    from PIL import Image
+
+    from cast_video.data.annotations import read_unlabeled
+    from cast_video.engine.features import collect_inputs
+    from cast_video.engine.predict import find_videos
+
+    root = tmp_path / "clips"
+    frames = root / "a" / "clip1"
+    frames.mkdir(parents=True)
+    for i in range(1, 5):
+        Image.new("RGB", (8, 8)).save(frames / f"frame_{i:010d}.jpg")
+    (root / "b").mkdir()
+    video = write_count_video(root / "b" / "v.mp4", 4)
+    (root / "b" / "notes.txt").write_text("not a clip")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    assert find_videos(root) == [frames, video]
+    assert find_videos(frames) == [frames]
+    assert [Path(p) for p, *_ in collect_inputs([str(root)])] == [frames, video]
+    assert [Path(s.path) for s in read_unlabeled(root)] == [frames, video]
+    with pytest.raises(DataError, match=r"empty: no video files .* or frame folders under this folder"):
+        find_videos(tmp_path / "empty")

@@ -251,12 +251,26 @@ def validate(samples: list[Sample], class_names: dict[str, list[str]], check_fil
 
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def is_frame_folder(path: Path) -> bool:
+    """A folder holding image files directly: one clip's frames (as `data prepare --frames jpg` writes)."""
+    return path.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir())
+
+
+def clips_under(folder: Path) -> list[Path]:
+    """Every video file and frame folder under `folder` (recursively), sorted; `folder` itself when it is
+    a frame folder."""
+    if is_frame_folder(folder):
+        return [folder]
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES or is_frame_folder(p))
 
 
 def read_unlabeled(folder: str | os.PathLike) -> list[Sample]:
-    """Every video under a folder, without labels: the input of self-supervised pre-training."""
+    """Every video and frame folder under a folder, without labels: the input of self-supervised
+    pre-training."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AnnotationError(f"{folder}: not a folder of videos")
-    return [Sample(str(f), {}, id=str(f.relative_to(folder))) for f in sorted(folder.rglob("*"))
-            if f.suffix.lower() in VIDEO_SUFFIXES]
+    return [Sample(str(f), {}, id=str(f.relative_to(folder)) if f != folder else f.name) for f in clips_under(folder)]

@@ -21,10 +21,9 @@ import numpy as np
 
 from ..errors import DataError, VideoReadError
 from ..files import atomic_write_text
-from .annotations import VIDEO_SUFFIXES, Sample, read_generic, read_kinetics_csv, read_path_label_list
+from .annotations import VIDEO_SUFFIXES, Sample, is_frame_folder, read_generic, read_kinetics_csv, read_path_label_list
 from .video import video_info
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -39,16 +38,12 @@ class FolderData:
     skipped: list[str] = field(default_factory=list)  # files in class folders that are neither video nor frames
 
 
-def _is_frame_folder(path: Path) -> bool:
-    return path.is_dir() and any(f.suffix.lower() in IMAGE_SUFFIXES for f in path.iterdir())
-
-
 def _class_samples(folder: Path, label: int, task: str, skipped: list[str]) -> list[Sample]:
     samples = []
     for f in sorted(folder.iterdir()):
         if f.name.startswith("."):
             continue
-        if f.suffix.lower() in VIDEO_SUFFIXES or _is_frame_folder(f):
+        if f.suffix.lower() in VIDEO_SUFFIXES or is_frame_folder(f):
             samples.append(Sample(str(f.resolve()), {task: label}, id=f"{folder.name}/{f.name}", where=str(f)))
         else:
             skipped.append(str(f))

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import DataConfig, build_gpu_augment, load_annotations, read_frames, video_info
-from ..data.annotations import VIDEO_SUFFIXES
+from ..data.annotations import VIDEO_SUFFIXES, clips_under
 from ..data.config import FORMATS
 from ..data.dataset import action_span, test_crops
 from ..data.sampling import segment_indices
@@ -124,14 +124,14 @@ def read_annotated(path: Path, data: DataConfig | None = None, fmt: str | None =
 
 def collect_inputs(inputs: list[str], data: DataConfig | None = None,
                    fmt: str | None = None) -> list[Item]:
-    """Videos, folders (searched recursively) and annotation files (read by `read_annotated` with `data` and
-    `fmt`) -> [(path, start frame, number of frames or None)], without duplicates."""
+    """Videos, frame folders, folders (searched recursively for both) and annotation files (read by
+    `read_annotated` with `data` and `fmt`) -> [(path, start frame, number of frames or None)], without
+    duplicates."""
     items: list[Item] = []
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
-            videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
-            items += [(str(p), 0, None) for p in videos]
+            items += [(str(p), 0, None) for p in clips_under(path)]
         elif path.suffix.lower() in VIDEO_SUFFIXES:
             items.append((str(path), 0, None))
         elif not path.exists():

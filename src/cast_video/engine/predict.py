@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from ..data import DataConfig, build_gpu_augment, read_frames, video_info
-from ..data.annotations import VIDEO_SUFFIXES
+from ..data.annotations import VIDEO_SUFFIXES, clips_under
 from ..data.dataset import test_crops
 from ..data.sampling import segment_indices
 from ..deploy.contract import Contract
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..models import CAST
 from ..precision import prepare
 from .loop import predict_views
@@ -109,12 +109,17 @@ class Predictor:
 
 
 def find_videos(path: str | Path) -> list[Path]:
+    """A video file or frame folder; or every video and frame folder under a folder (one that holds
+    neither is an error, not an empty result)."""
     path = Path(path)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
-    return [path]
+    if not path.is_dir():
+        return [path]
+    found = clips_under(path)
+    if not found:
+        raise DataError(f"{path}: no video files ({', '.join(VIDEO_SUFFIXES)}) or frame folders under this folder")
+    return found
 
 
 def summarize(result: dict) -> str:
