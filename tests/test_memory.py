@@ -44,7 +44,8 @@ def test_memory_options_give_the_reference_outputs_and_gradients(mode, reference
     trainable parameter's gradient within 1e-2 of its norm. bf16 keeps 8 bits (2**-9 relative per
     stored value) and a gradient multiplies several stored values of every block above it: measured
     here, median 1e-4 and at most 4e-3 (T2S's query weights: its softmax over T keys is the sharpest).
-    A wrong value read back (not a rounded one) is off by its own size."""
+    A wrong value read back (not a rounded one) is off by its own size; and the median over the
+    parameters is held to 1e-3, so rounding spread everywhere fails too."""
     video, (ref_out, ref_grads) = reference
     out, grads = _step(_model(memory=mode), video)
     for k in ref_out:
@@ -55,6 +56,9 @@ def test_memory_options_give_the_reference_outputs_and_gradients(mode, reference
             torch.testing.assert_close(grads[n], g, rtol=1e-6, atol=1e-9, msg=n)
         else:
             assert (grads[n] - g).norm() <= 1e-2 * g.norm() + 1e-9, n
+    if mode != "recompute":
+        relative = torch.tensor([((grads[n] - g).norm() / (g.norm() + 1e-12)).item() for n, g in ref_grads.items()])
+        assert relative.median() <= 1e-3
 
 
 def _calls(model, video, monkeypatch):
@@ -152,7 +156,7 @@ def test_saved_in_bf16_keeps_parameters_and_small_tensors():
     kept = [s for s in stored if isinstance(s, torch.Tensor)]
     packed = [s[0] for s in stored if isinstance(s, tuple)]
     assert any(s is w for s in kept) and all(p.dtype == torch.bfloat16 for p in packed)
-    assert {tuple(p.shape) for p in packed} == {(64, 256)} and hooks.packed == 64 * 256 * len({id(p) for p in packed})
+    assert {tuple(p.shape) for p in packed} == {(64, 256)} and hooks.packed == 64 * 256 * len(packed)
     assert any(tuple(s.shape) == (64, 1) for s in kept)
     xr = x.detach().clone().requires_grad_()
     (torch.tanh((xr @ w) / 16) * stats.detach()).sum().backward()
