@@ -103,7 +103,7 @@ class _KeyframePlan:
     takes every 4th frame, so at each keyframe a seek would skip 3). A wrong guess costs time,
     never frames: the frames returned are checked by their timestamps either way."""
 
-    def __init__(self, seek_gap: int, min_skip: int = 4):
+    def __init__(self, seek_gap: int, min_skip: int):
         self.seek_gap, self.min_skip = seek_gap, min_skip
         self.last = -1  # the last keyframe seen
         self.period = 0  # gcd of the distances between the keyframes seen (seeks skip some)
