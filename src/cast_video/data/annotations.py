@@ -261,10 +261,16 @@ def is_frame_folder(path: Path) -> bool:
 
 def clips_under(folder: Path) -> list[Path]:
     """Every video file and frame folder under `folder` (recursively), sorted; `folder` itself when it is
-    a frame folder."""
-    if is_frame_folder(folder):
-        return [folder]
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES or is_frame_folder(p))
+    a frame folder. One listing per folder: a frame folder's images are not looked at one by one, and
+    nothing below a frame folder is searched."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        if any(os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES for f in files):
+            found.append(Path(root))
+            dirs.clear()
+            continue
+        found += [Path(root) / f for f in files if os.path.splitext(f)[1].lower() in VIDEO_SUFFIXES]
+    return sorted(found)
 
 
 def read_unlabeled(folder: str | os.PathLike) -> list[Sample]:
