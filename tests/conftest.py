@@ -33,6 +33,16 @@ def write_count_video(path: Path, num_frames: int = 60, size: int = 32, gop: int
     return path
 
 
+def cut_inside_packet(video: Path, out: Path, k: int, *, at_start: bool = False) -> Path:
+    """`video` cut inside packet `k`, the bytes after it gone (a download that stopped). Placed by
+    the packet table, not a fraction of the file, since the header's share differs between encoder
+    builds. `at_start` cuts on its first byte instead: the file then ends cleanly after k packets."""
+    with av.open(str(video)) as c:
+        pos, size = [(p.pos, p.size) for p in c.demux(video=0) if p.size][k]
+    out.write_bytes(video.read_bytes()[: pos if at_start else pos + size // 2])
+    return out
+
+
 def count_ids(frames) -> list[int]:
     """The index encoded in each frame (T, H, W, 3) of a counting video (its grey, off the red corner)."""
     h = frames.shape[1]

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from conftest import count_ids, full_decode, write_count_video
+from conftest import count_ids, cut_inside_packet, full_decode, write_count_video
 
 from cast_video.cli import main
 from cast_video.data import read_frames, video_info
@@ -145,8 +145,7 @@ def test_unreadable_files_are_reported_and_the_rest_is_done(tmp_path, capsys):
     (src / "c1").mkdir(parents=True)
     good = write_count_video(src / "c1" / "good.mp4", num_frames=20, size=32)
     full = write_count_video(tmp_path / "full.mp4", num_frames=60, size=32, faststart=True)
-    data = full.read_bytes()
-    (src / "c1" / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])  # opens, ends early
+    cut_inside_packet(full, src / "c1" / "cut.mp4", 30)  # opens, ends early
     with av.open(str(src / "c1" / "empty.mp4"), "w") as out:  # an mp4 without frames has no video stream
         stream = out.add_stream("libx264", rate=25)
         stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
