@@ -5,9 +5,10 @@ against the official implementation.
     # one row, in its own process (peak memory): the keys of `cast-video benchmark --json`
     PYTHONPATH=src .venv/bin/python benchmarks/bench_official.py --official-repo /tmp/CAST --mode train \
         [--threads 1] [--warmup 0] [--steps 1]
-    # speed, A B A B in one process: the official training step, then ours under each memory option
+    # speed, A B A B in one process: the official training step, then ours under each option,
+    # MEMORY or MEMORY/FROZEN_BACKWARD (CASTConfig.memory, CASTConfig.frozen_backward)
     PYTHONPATH=src .venv/bin/python benchmarks/bench_official.py --official-repo /tmp/CAST \
-        --interleave full,bf16,recompute_bf16 [--rounds 2] [--threads 1]
+        --interleave full,bf16,recompute_bf16/bf16 [--rounds 2] [--threads 1]
 
 Both models: batch 1, fp32, random weights (seeded alike), 16 frames at 224, the official drop path
 rate 0.2 and our preset's, the official script's trainable parameters (44,784,781) and ours, and the
@@ -18,6 +19,7 @@ step and then the median over the rounds of official time / ours, per option.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -68,7 +70,8 @@ def interleaved(args, video: torch.Tensor) -> dict:
                 m = measure(official, video, "train", official_params, "fp32", "sdpa", 1, args.warmup,
                             loss_fn=official_loss)
             else:
-                ours.config.memory = name
+                memory, _, backward = name.partition("/")  # replace() checks both values
+                ours.config = dataclasses.replace(ours.config, memory=memory, frozen_backward=backward or "fp32")
                 m = measure(ours, video, "train", ours_params, "fp32", "sdpa", 1, args.warmup)
             times[name].append(m.ms_per_step)
             print(json.dumps({"round": r, "name": name, "ms": round(m.ms_per_step), "cpu_busy": round(m.cpu_busy, 2)}),
@@ -84,7 +87,8 @@ def main() -> None:
     parser.add_argument("--official-repo", required=True, type=Path, help="a clone of KHU-VLL/CAST")
     parser.add_argument("--mode", default="train", choices=["infer", "train"])
     parser.add_argument("--interleave", default="", metavar="OPTIONS",
-                        help="comma-separated memory options of ours to time against the official step")
+                        help="comma-separated options of ours to time against the official step: "
+                             "MEMORY or MEMORY/FROZEN_BACKWARD, e.g. full,bf16/bf16")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1)

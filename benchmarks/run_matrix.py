@@ -48,6 +48,12 @@ def cpu_rows(quick: bool) -> list[list[str]]:
         [B16, "--mode", "train", "--precision", "fp32", *few],
         *([B16, "--mode", "train", "--precision", "fp32", "--memory", m, *few]
           for m in MEMORY_MODES if m != DEFAULT_MEMORY),
+        # the frozen experts' input gradients in bf16, alone and with the least memory short of checkpointing
+        [B16, "--mode", "train", "--precision", "fp32", "--frozen-backward", "bf16", *few],
+        [B16, "--mode", "train", "--precision", "fp32", "--memory", "recompute_bf16", "--frozen-backward", "bf16",
+         *few],
+        # the default precision (auto: bf16 on a CPU with bf16 units, see "Precision")
+        [B16, "--mode", "train", "--precision", "auto", *few],
         [B16, "--mode", "train", "--precision", "fp32", "--attention", "math", *few],
         [B16, "--mode", "train", "--precision", "fp32", "--grad-checkpointing", *few],
     ]
@@ -79,11 +85,12 @@ def run_row(command: list[str]) -> dict:
 
 
 def table(rows: list[tuple[str, dict]]) -> list[str]:
-    lines = ["| command | ms/step | clips/s | peak memory (GB) | GMACs/view | MFU | time / GEMM bound | CPU busy |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| command | precision | ms/step | clips/s | peak memory (GB) | GMACs/view | MFU | time / GEMM bound "
+             "| CPU busy |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for command, r in rows:
         if "error" in r:
-            lines.append(f"| `{command}` | failed: {r['error']} | | | | | | |")
+            lines.append(f"| `{command}` | | failed: {r['error']} | | | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}% of {r['peak_tflops']:.0f}" if r.get("mfu") is not None else "-"
         gmacs = f"{r['gmacs_per_view']:.4g}" if "gmacs_per_view" in r else "-"
@@ -91,7 +98,7 @@ def table(rows: list[tuple[str, dict]]) -> list[str]:
         if r.get("time_to_bound") is not None:
             rate = r["gemm_gflops"]["fp32" if r["precision"] == "fp32" else "bf16"]
             bound = f"{r['time_to_bound']:.2f} (bound {r['bound_ms'] / 1000:.2f} s at {rate:.0f} GFLOP/s)"
-        lines.append(f"| `{command}` | {r['ms_per_step']:.1f} | {r['clips_per_s']:.3f} | "
+        lines.append(f"| `{command}` | {r.get('precision', '-')} | {r['ms_per_step']:.1f} | {r['clips_per_s']:.3f} | "
                      f"{r['peak_memory_gb']:.2f} | {gmacs} | {mfu} | {bound} | {r.get('cpu_busy', '-')} |")
     return lines
 
@@ -148,8 +155,8 @@ def main() -> None:
         f"{torch.get_num_threads()} threads by default, {platform.machine()}, {platform.system()} {platform.release()}",
         f"- versions: PyTorch {torch.__version__}, Python {platform.python_version()}"
         f"{f', CUDA {torch.version.cuda}' if cuda else ''}",
-        f"- peak memory: {first.get('memory_kind', '?')}; batch 1 and precision auto "
-        f"(here: {first.get('precision', '?')}) unless the command says otherwise; "
+        f"- peak memory: {first.get('memory_kind', '?')}; batch 1 unless the command says otherwise; "
+        "precision: what the step ran in (auto resolves per model and machine); "
         "each row in a fresh process; CPU busy: process CPU time / (wall time x threads) over the timed "
         "steps (well below 1: something else was running)", "",
         *table(results), "", "Against our default step of the same mode (same run):", "", *ratios(results),

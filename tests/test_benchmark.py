@@ -175,7 +175,8 @@ def test_gemm_rate_is_the_flops_of_a_matmul_over_its_time(monkeypatch):
 
 def test_benchmark_gemm_bound_and_memory_option(capsys):
     """--gemm: the bound is the counted FLOPs at the rate of the run's precision, and the ratio is the
-    measured time over it; --memory reaches the model (and its recomputation is not counted as FLOPs)."""
+    measured time over it; --memory and --frozen-backward reach the model (and neither recomputation
+    nor the bf16 backward changes the counted FLOPs)."""
     assert main(["benchmark", "cast_tiny", "--precision", "bf16", "--steps", "1", "--warmup", "0", "--gemm",
                  "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
@@ -184,10 +185,11 @@ def test_benchmark_gemm_bound_and_memory_option(capsys):
                                             abs=0.1)
     assert row["time_to_bound"] == pytest.approx(row["ms_per_step"] / row["bound_ms"], rel=0.02)
     flops = {}
-    for memory in ("full", "recompute"):
+    for memory, backward in (("full", "fp32"), ("recompute", "fp32"), ("full", "bf16")):
         assert main(["benchmark", "cast_tiny", "--mode", "train", "--precision", "fp32", "--memory", memory,
-                     "--steps", "1", "--warmup", "0", "--json"]) == 0
+                     "--frozen-backward", backward, "--steps", "1", "--warmup", "0", "--json"]) == 0
         row = json.loads(capsys.readouterr().out)
-        assert row["memory"] == memory and row["gemm_gflops"] is None and row["bound_ms"] is None
-        flops[memory] = row["gflops_per_step"]
-    assert flops["full"] == flops["recompute"]
+        assert (row["memory"], row["frozen_backward"]) == (memory, backward)
+        assert row["gemm_gflops"] is None and row["bound_ms"] is None
+        flops[memory, backward] = row["gflops_per_step"]
+    assert len(set(flops.values())) == 1

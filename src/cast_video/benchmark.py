@@ -86,6 +86,7 @@ class BenchResult:
     gemm_gflops: dict[str, float] | None = None  # {"fp32": GFLOP/s, "bf16": GFLOP/s} of a GEMM_SIZE^3 matmul
     bound_ms: float | None = None  # counted GFLOPs per step / the GEMM rate of the step's precision
     time_to_bound: float | None = None  # ms_per_step / bound_ms: 1 is the matrix units' speed limit
+    frozen_backward: str = ""  # CASTConfig.frozen_backward: the precision of the frozen experts' input gradients
 
 
 GEMM_SIZE = 2048
@@ -251,10 +252,12 @@ def count_step_gflops(config: CASTConfig, mode: str, batch: int) -> float:
 
     The backward of a frozen expert computes activation gradients but no weight gradients, so a
     CAST training step is about 2x, not the usual 3x, its forward; counting it beats assuming it.
-    Recomputation (activation checkpointing, `CASTConfig.memory`) is not counted: MFU counts the model's FLOPs.
+    Recomputation (activation checkpointing, `CASTConfig.memory`) is not counted: MFU counts the model's FLOPs
+    (and `frozen_backward`'s bf16 GEMMs count as what they are, the same FLOPs).
     """
     with torch.device("meta"):
-        model = CAST(dataclasses.replace(config, grad_checkpointing=False, memory="full")).train(mode == "train")
+        plain = dataclasses.replace(config, grad_checkpointing=False, memory="full", frozen_backward="fp32")
+        model = CAST(plain).train(mode == "train")
         video = torch.empty(batch, 3, config.num_frames, config.img_size, config.img_size)
     counter = FlopCounterMode(display=False)
     with sdpa_kernel(SDPBackend.MATH), counter:
@@ -270,14 +273,14 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
                   compile: bool = False, grad_checkpointing: bool = False, steps: int = 3, warmup: int = 1,
                   device: str = "auto", threads: int | None = None, peak_tflops: float | None = None,
                   overrides: dict | None = None, runtime: str = "torch", memory: str | None = None,
-                  gemm: bool = False) -> BenchResult:
+                  gemm: bool = False, frozen_backward: str | None = None) -> BenchResult:
     """Build `preset` (random weights: speed does not depend on their values) and measure it.
 
     `precision="auto"` resolves as training and predict resolve it (`cast_video.precision`); in bf16 the
     frozen experts are stored in bf16 (`CAST.cast_frozen_`), as predict and training store them.
     `runtime="onnxruntime"`: export the model to ONNX first (`cast_video.deploy.export`, outside the
     timing) and time onnxruntime's CPU session on the same input, through the same harness (fp32).
-    `memory` overrides the preset's `CASTConfig.memory` (None: the preset's, the default).
+    `memory` and `frozen_backward` override the preset's `CASTConfig` fields (None: the preset's).
     `gemm`: also measure the fp32 and bf16 GEMM rates (`gemm_gflops`, after the timed steps) and the
     step's bound at the rate of its precision (fp16 is bounded at the bf16 rate).
     """
@@ -294,7 +297,8 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
         torch.set_num_threads(threads)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    cfg = preset_config(preset, {**(overrides or {}), **({"memory": memory} if memory is not None else {})})
+    chosen = {k: v for k, v in (("memory", memory), ("frozen_backward", frozen_backward)) if v is not None}
+    cfg = preset_config(preset, {**(overrides or {}), **chosen})
     torch.manual_seed(BENCHMARK_SEED)
     # Model FLOPs (for MFU) are counted on `cfg`, without the recomputation checkpointing adds.
     model = CAST(dataclasses.replace(cfg, grad_checkpointing=grad_checkpointing)).to(dev)
@@ -319,6 +323,7 @@ def run_benchmark(preset: str, mode: str = "infer", batch: int = 1, precision: s
         round(m.peak_memory_gb, 3), m.memory_kind, round(m.cpu_busy, 2), round(count_gmacs(cfg), 4), round(gflops, 3),
         round(mfu, 4) if mfu is not None else None, peak_tflops, torch.__version__, reason, runtime, export_seconds,
         cfg.memory, rates, bound_ms, round(m.ms_per_step / bound_ms, 2) if bound_ms else None,
+        frozen_backward=cfg.frozen_backward,
     )
 
 

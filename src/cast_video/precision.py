@@ -109,6 +109,13 @@ def prepare(model, requested: str, device: torch.device | str) -> tuple[str, str
     precision, reason = resolve_precision(requested, device, model.config)
     if precision == "bf16":
         model.cast_frozen_(torch.bfloat16)
+    if model.config.frozen_backward == "bf16":
+        if precision != "fp32":
+            logger.info("frozen_backward bf16 is not used under %s autocast, which runs that backward in %s already",
+                        precision, precision)
+        elif torch.device(device).type == "cpu" and cpu_bf16_units() is None:
+            logger.warning("frozen_backward bf16 on a CPU without native bf16 units (AMX, AVX512-BF16): "
+                           "expect it to be slower than fp32")
     return precision, reason
 
 

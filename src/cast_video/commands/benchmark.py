@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 from ..models import PRESETS
-from ..models.cast import MEMORY_MODES
+from ..models.cast import FROZEN_BACKWARDS, MEMORY_MODES
 from ..precision import PRECISIONS
 
 
@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute block activations in backward")
     p.add_argument("--memory", choices=MEMORY_MODES,
                    help="what training keeps for backward (CASTConfig.memory; default: the preset's)")
+    p.add_argument("--frozen-backward", choices=FROZEN_BACKWARDS,
+                   help="precision of the gradient carried back through the frozen experts in training "
+                        "(CASTConfig.frozen_backward; default: the preset's)")
     p.add_argument("--gemm", action="store_true",
                    help="also measure this machine's fp32 and bf16 GEMM rates and the step's bound at that rate")
     p.add_argument("--steps", type=int, default=3, help="timed steps")
@@ -44,13 +47,14 @@ def run(args) -> int:
 
     r = run_benchmark(args.preset, args.mode, args.batch, args.precision, args.attention, args.compile,
                       args.grad_checkpointing, args.steps, args.warmup, args.device, args.threads, args.peak_tflops,
-                      runtime=args.runtime, memory=args.memory, gemm=args.gemm)
+                      runtime=args.runtime, memory=args.memory, gemm=args.gemm,
+                      frozen_backward=args.frozen_backward)
     if args.json:
         print(json.dumps(dataclasses.asdict(r)))
         return 0
     print(f"{r.preset} {r.mode}, batch {r.batch}, {r.precision}, attention {r.attention}"
           f"{', compiled' if r.compile else ''}{', grad checkpointing' if r.grad_checkpointing else ''}"
-          f", memory {r.memory}"
+          f", memory {r.memory}, frozen backward {r.frozen_backward}"
           f" on {r.device} ({r.threads} threads), PyTorch {r.torch_version}"
           + (f", onnxruntime (exported in {r.export_seconds} s)" if r.runtime == "onnxruntime" else ""))
     print(f"  precision {r.precision}: {r.precision_reason}")

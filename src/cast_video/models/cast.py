@@ -8,7 +8,7 @@ Reading order: `CASTConfig` (every option, one per ablation of the paper), `CAST
 from __future__ import annotations
 
 import math
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -19,7 +19,7 @@ from ..normalization import PIXEL_STATS
 from .bcast import BCASTConfig, LateralExchange, build_cross_exchange
 from .capture import capture_cross_attention, relevance_maps
 from .experts import ExpertBlock, ExpertConfig, ViTExpert
-from .layers import Adapter, DropPath, SavedInBf16, trunc_normal_init, zero_init
+from .layers import Adapter, DropPath, SavedInBf16, frozen_backward_in_bf16, trunc_normal_init, zero_init
 
 EXCHANGES = ("bcast", "xattn", "xattn_adapter", "lateral", "none")
 HEAD_SOURCES = ("spatial", "temporal", "fused")
@@ -27,6 +27,7 @@ FUSIONS = ("adapter_add", "add", "concat")
 ENSEMBLE_MEMBERS = ("spatial", "temporal")
 # What a training forward keeps for backward (`CASTConfig.memory`; trade-offs in docs/benchmarks.md).
 MEMORY_MODES = ("full", "recompute", "bf16", "recompute_bf16")
+FROZEN_BACKWARDS = ("fp32", "bf16")
 
 
 def member_key(head: str, member: str) -> str:
@@ -97,10 +98,16 @@ class CASTConfig:
     #   and read back as fp32: the same forward, gradients within bf16 rounding;
     # "recompute_bf16": both.
     memory: str = "full"
+    # How training carries the gradient back through the frozen experts' linear layers (dL/dx = dL/dy W,
+    # half of a step's matrix work): "fp32", exact; "bf16", that GEMM on bf16 copies of dL/dy and W
+    # (fp32 accumulation), the forward unchanged. Ignored under autocast, which runs it in bf16 already.
+    frozen_backward: str = "fp32"
 
     def __post_init__(self):
         if self.memory not in MEMORY_MODES:
             raise ValueError(f"memory must be one of {MEMORY_MODES}, got {self.memory!r}")
+        if self.frozen_backward not in FROZEN_BACKWARDS:
+            raise ValueError(f"frozen_backward must be one of {FROZEN_BACKWARDS}, got {self.frozen_backward!r}")
         if self.exchange not in EXCHANGES:
             raise ValueError(f"exchange must be one of {EXCHANGES}, got {self.exchange!r}")
         if self.fusion not in FUSIONS:
@@ -364,27 +371,30 @@ class CAST(nn.Module):
         self._check_input(video)
         xs = self.spatial.embed(video)
         xt = self.temporal.embed(video)
+        kept = self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
         checkpointing = self.config.grad_checkpointing and self.training and torch.is_grad_enabled()
-        stored, recompute = self._memory_plan() if not checkpointing else (nullcontext(), False)
-        with stored:
+        bf16_backward = kept and self.config.frozen_backward == "bf16"
+        recomputed = frozen_backward_in_bf16 if bf16_backward else nullcontext  # what checkpoints rerun under
+        with ExitStack() as plan:
+            recompute = self._memory_plan(plan) if kept and not checkpointing else False
+            if bf16_backward:
+                plan.enter_context(frozen_backward_in_bf16())
             for i in range(len(self.blocks)):
                 if checkpointing:  # recompute activations in backward: less memory
-                    xs, xt = checkpoint(self._step, i, xs, xt, use_reentrant=False)
+                    xs, xt = checkpoint(self._step, i, xs, xt, use_reentrant=False,
+                                        context_fn=lambda: (nullcontext(), recomputed()))
                 else:
                     xs, xt = self._step(i, xs, xt, recompute)
         return xs, xt
 
-    def _memory_plan(self) -> tuple[AbstractContextManager, bool]:
-        """(the context the blocks run in, whether to recompute) for `CASTConfig.memory`; a plain run
-        where nothing is kept for backward (no grad, or eval), and under torch.compile, whose
-        partitioner chooses what to keep and what to recompute for the whole graph itself."""
-        kept = self.training and torch.is_grad_enabled() and not torch.compiler.is_compiling()
-        mode = self.config.memory if kept else "full"
-        stored = nullcontext()
-        if mode in ("bf16", "recompute_bf16"):  # everything the blocks save, in bf16, but the weights
+    def _memory_plan(self, plan: ExitStack) -> bool:
+        """Enters the context the blocks run in for `CASTConfig.memory` into `plan` and says whether
+        to recompute. Only where autograd keeps activations: not in eval or under no_grad, and not
+        under torch.compile, whose partitioner chooses what to keep and recompute for the whole graph."""
+        if self.config.memory in ("bf16", "recompute_bf16"):  # everything the blocks save, in bf16, but the weights
             resident = [*self.parameters(), *self.buffers()]
-            stored = SavedInBf16({t.untyped_storage().data_ptr() for t in resident})
-        return stored, mode in ("recompute", "recompute_bf16")
+            plan.enter_context(SavedInBf16({t.untyped_storage().data_ptr() for t in resident}))
+        return self.config.memory in ("recompute", "recompute_bf16")
 
     def _step(self, i: int, xs: torch.Tensor, xt: torch.Tensor, recompute: bool = False
               ) -> tuple[torch.Tensor, torch.Tensor]:

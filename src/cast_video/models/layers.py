@@ -7,6 +7,7 @@ flash / memory-efficient on GPUs, the fused CPU kernel here, or the math path fo
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -41,6 +42,56 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, num_heads: int) -> torch.T
     return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)  # (B, H, Lq, Lk)
 
 
+class _FrozenBackward:
+    """Whether `linear` gives frozen layers a bf16 input gradient: a plain class attribute (not a
+    ContextVar, which torch.compile cannot trace), set for the calling process by the context below."""
+
+    bf16 = False
+
+
+@contextlib.contextmanager
+def frozen_backward_in_bf16():
+    """Inside this context, `linear` layers with a frozen weight carry the gradient back to their input
+    in bf16 (`CASTConfig.frozen_backward`): for the frozen experts, that GEMM, dL/dx = dL/dy W, is half
+    of a training step's matrix work, and this CPU's bf16 GEMM is 2.6x its fp32 one."""
+    before, _FrozenBackward.bf16 = _FrozenBackward.bf16, True
+    try:
+        yield
+    finally:
+        _FrozenBackward.bf16 = before
+
+
+class _LinearInputGradInBf16(torch.autograd.Function):
+    """F.linear, whose backward gives the input's gradient only, dL/dx = dL/dy W, from bf16 copies of
+    dL/dy and W (the GEMM accumulates in fp32; its result is rounded to bf16, then returned as x's
+    dtype). For frozen weights, which need no gradient of their own; W is saved, not copied."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        grad_x = torch.matmul(grad_out.bfloat16(), weight.bfloat16())  # (..., out) @ (out, in) -> (..., in)
+        return grad_x.to(grad_out.dtype), None, None
+
+
+def _autocasting(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)  # meta: none
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T + b, as F.linear. Inside `frozen_backward_in_bf16`, a frozen float32 layer (weight and bias
+    without gradients) on an input that needs one, outside autocast, returns its input gradient in bf16."""
+    if (_FrozenBackward.bf16 and x.requires_grad and x.dtype == torch.float32
+            and not weight.requires_grad and (bias is None or not bias.requires_grad)
+            and torch.is_grad_enabled() and not _autocasting(x.device.type)):
+        return _LinearInputGradInBf16.apply(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused qkv projection.
 
@@ -68,9 +119,9 @@ class SelfAttention(nn.Module):
         return torch.cat([self.q_bias, k_bias, self.v_bias])  # (3*D,)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        qkv = F.linear(x, self.qkv.weight, self.qkv_bias_vector())  # (B, L, 3*D)
+        qkv = linear(x, self.qkv.weight, self.qkv_bias_vector())  # (B, L, 3*D)
         q, k, v = qkv.chunk(3, dim=-1)  # 3 x (B, L, D)
-        return self.proj(multi_head_attention(q, k, v, self.num_heads, rope))
+        return linear(multi_head_attention(q, k, v, self.num_heads, rope), self.proj.weight, self.proj.bias)
 
 
 class CrossAttention(nn.Module):
@@ -122,7 +173,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.act(linear(x, self.fc1.weight, self.fc1.bias))  # (..., hidden)
+        return linear(h, self.fc2.weight, self.fc2.bias)
 
 
 class AttentionPool(nn.Module):
