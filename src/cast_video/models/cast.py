@@ -100,7 +100,8 @@ class CASTConfig:
     memory: str = "full"
     # How training carries the gradient back through the frozen experts' linear layers (dL/dx = dL/dy W,
     # half of a step's matrix work): "fp32", exact; "bf16", that GEMM on bf16 copies of dL/dy and W
-    # (fp32 accumulation), the forward unchanged. Ignored under autocast, which runs it in bf16 already.
+    # (fp32 accumulation), the forward unchanged. Not used under autocast, which runs it in bf16 already,
+    # nor under torch.compile (as `memory`).
     frozen_backward: str = "fp32"
 
     def __post_init__(self):

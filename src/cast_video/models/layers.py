@@ -53,7 +53,8 @@ class _FrozenBackward:
 def frozen_backward_in_bf16():
     """Inside this context, `linear` layers with a frozen weight carry the gradient back to their input
     in bf16 (`CASTConfig.frozen_backward`): for the frozen experts, that GEMM, dL/dx = dL/dy W, is half
-    of a training step's matrix work, and this CPU's bf16 GEMM is 2.6x its fp32 one."""
+    of a training step's matrix work, and bf16 units run it several times faster than fp32 (2.6x on
+    an AVX512-BF16 core, docs/benchmarks.md)."""
     before, _FrozenBackward.bf16 = _FrozenBackward.bf16, True
     try:
         yield
