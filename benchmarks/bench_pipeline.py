@@ -2,6 +2,7 @@
 H.264 "as downloaded" against the same files after `cast-video data prepare` (320 short side, GOP 16).
 
     .venv/bin/python benchmarks/bench_pipeline.py [--videos 4] [--seconds 10] [--clips 12] [--rounds 2] [--json]
+    .venv/bin/python benchmarks/bench_pipeline.py --gop-sweep 16,8,4,2 [--videos 4] ...
 
 Videos: `--videos` synthetic 1280x720 30 fps H.264 files of `--seconds` s (x264 veryfast, CRF 23, a
 keyframe every 250 frames as YouTube-style downloads have; content: a smooth random texture drifting
@@ -16,6 +17,9 @@ decoder thread, i.e. one core. The per-core figure is clips per CPU second of th
 per wall second are printed beside it. One row uses 2 decoder threads, to see whether FFmpeg's
 threading pays per core. The variants run interleaved, A B A B ..., for `--rounds` rounds; the table
 gives each round and the mean.
+
+`--gop-sweep` measures only prepared video, at each GOP given (the same files prepared once per GOP),
+with each one's bitrate: what a shorter GOP buys segment clips, and what it costs on disk.
 """
 
 from __future__ import annotations
@@ -77,6 +81,28 @@ def loader_rate(listing: Path, sampling: str, clips: int, plan_seeks: bool = Tru
     return seen / (time.perf_counter() - start), seen / (time.process_time() - cpu)
 
 
+def gop_sweep(videos: list[Path], gops: list[int], folder: Path, clips: int, rounds: int) -> dict:
+    """Clips per CPU second of the loader on the videos prepared at each GOP, and each GOP's Mbit/s."""
+    seconds = sum(video_info(v).num_frames for v in videos) / 30
+    lists, mbit = {}, {}
+    for gop in gops:
+        prepared = folder / f"gop{gop}"
+        options = PrepareOptions(short_side=320, gop=gop, threads=1)
+        for v in videos:
+            assert prepare_video(v, prepared / v.name, options).status == "done"
+        mbit[gop] = round(8 * sum(f.stat().st_size for f in prepared.iterdir()) / seconds / 1e6, 2)
+        lists[gop] = folder / f"gop{gop}.txt"
+        lists[gop].write_text("".join(f"{prepared / v.name} 0\n" for v in videos))
+    rates: dict[tuple[str, int], list[float]] = {}
+    for _ in range(rounds):
+        for sampling in ("segment", "dense"):
+            for gop in gops:
+                rates.setdefault((sampling, gop), []).append(loader_rate(lists[gop], sampling, clips)[1])
+    return {"load average": os.getloadavg()[0],
+            "rows": [{"gop": g, "mbit_s": mbit[g], "sampling": s, "clips_per_cpu_s": round(float(np.mean(r)), 2),
+                      "rounds_cpu": [round(c, 2) for c in r]} for (s, g), r in rates.items()]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--videos", type=int, default=4)
@@ -84,8 +110,17 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=12, help="clips per measurement")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--gop-sweep", metavar="GOPS", help="comma-separated GOPs: prepared video only, per GOP")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.gop_sweep:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "raw"
+            raw.mkdir()
+            videos = [synthetic_720p(raw / f"v{i}.mp4", args.seconds, i) for i in range(args.videos)]
+            gops = [int(g) for g in args.gop_sweep.split(",")]
+            print(json.dumps(gop_sweep(videos, gops, Path(tmp), args.clips, args.rounds)))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         raw, prepared, gop8, jpg = (Path(tmp) / name for name in ("raw", "prepared", "gop8", "jpg"))
         raw.mkdir()
