@@ -161,6 +161,10 @@ def test_benchmark_command_reports_every_figure(capsys):
     text = capsys.readouterr().out
     for key in ("bf16", "attention math", "ms/step", "clips/s", "peak memory", "GMACs per view", "MFU"):
         assert key in text
+    assert "frozen backward" not in text  # inference keeps nothing for backward
+    assert main(["benchmark", "cast_tiny", "--mode", "train", "--precision", "bf16", "--frozen-backward", "bf16",
+                 "--steps", "1", "--warmup", "0"]) == 0
+    assert "memory full, frozen backward bf16 (not used under bf16 autocast)" in capsys.readouterr().out
 
 
 def test_gemm_rate_is_the_flops_of_a_matmul_over_its_time(monkeypatch):

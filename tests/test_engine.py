@@ -169,6 +169,21 @@ def test_grad_checkpointing_is_a_train_config_value(tmp_path, monkeypatch):
         build_model(typo)
 
 
+def test_the_backward_options_reach_the_training_step_and_are_logged(tmp_path, ek_data, caplog, monkeypatch):
+    """`model.overrides.memory` / `frozen_backward` in a run: the training step carries its gradients
+    through the frozen layers in bf16 (the autograd function runs), and the log says what was chosen."""
+    from cast_video.models import layers
+    calls = []
+    apply = layers._LinearInputGradInBf16.apply
+    monkeypatch.setattr(layers._LinearInputGradInBf16, "apply", lambda *a: calls.append(1) or apply(*a))
+    overrides = {"drop_path": 0.0, "memory": "recompute_bf16", "frozen_backward": "bf16"}
+    with caplog.at_level("INFO"):
+        train(tiny_config(ek_data, tmp_path / "run", **{"optim.epochs": 1, "model.overrides": overrides}),
+              progress=False)
+    assert calls  # in training steps; evaluation runs without gradients, where it never applies
+    assert "backward: memory recompute_bf16, frozen_backward bf16" in caplog.text
+
+
 def test_bad_config_keys_are_named(tmp_path):
     path = _write_yaml(tmp_path / "bad.yaml", {"optim": {"epoch": 3}})
     with pytest.raises(ConfigError, match=r"optim.epoch.*did you mean 'epochs'"):

@@ -101,15 +101,17 @@ def test_the_choice_is_logged(cpuinfo, caplog):
     assert "precision fp32 (auto: this CPU has no native bf16 units" in caplog.text
 
 
-@pytest.mark.parametrize("flags, requested, said", [
-    (ZEN3_FLAGS, "fp32", "expect it to be slower than fp32"),
-    (ZEN4_FLAGS, "bf16", "not used under bf16 autocast"),
-    (ZEN4_FLAGS, "fp32", None),
+@pytest.mark.parametrize("flags, requested, frozen, said", [
+    (ZEN3_FLAGS, "fp32", True, "expect it to be slower than fp32"),
+    (ZEN4_FLAGS, "bf16", True, "not used under bf16 autocast"),
+    (ZEN4_FLAGS, "fp32", False, "nothing to act on: freeze_experts is false"),
+    (ZEN4_FLAGS, "fp32", True, None),
 ])
-def test_prepare_says_when_the_bf16_backward_will_not_pay(cpuinfo, caplog, flags, requested, said):
+def test_prepare_says_when_the_bf16_backward_will_not_pay(cpuinfo, caplog, flags, requested, frozen, said):
     cpuinfo(flags)
     with caplog.at_level("INFO", logger="cast_video.precision"):
-        precision.prepare(CAST.from_preset("cast_tiny", frozen_backward="bf16"), requested, "cpu")
+        model = CAST.from_preset("cast_tiny", frozen_backward="bf16", freeze_experts=frozen)
+        precision.prepare(model, requested, "cpu")
     assert ("frozen_backward" in caplog.text) == (said is not None)
     assert said is None or said in caplog.text
 

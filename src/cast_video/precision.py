@@ -110,7 +110,10 @@ def prepare(model, requested: str, device: torch.device | str) -> tuple[str, str
     if precision == "bf16":
         model.cast_frozen_(torch.bfloat16)
     if model.config.frozen_backward == "bf16":
-        if precision != "fp32":
+        if not model.config.freeze_experts:
+            logger.warning("frozen_backward bf16 has nothing to act on: freeze_experts is false, so no expert "
+                           "layer is frozen")
+        elif precision != "fp32":
             logger.info("frozen_backward bf16 is not used under %s autocast, which runs that backward in %s already",
                         precision, precision)
         elif torch.device(device).type == "cpu" and cpu_bf16_units() is None:

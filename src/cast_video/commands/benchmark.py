@@ -54,8 +54,7 @@ def run(args) -> int:
         return 0
     print(f"{r.preset} {r.mode}, batch {r.batch}, {r.precision}, attention {r.attention}"
           f"{', compiled' if r.compile else ''}{', grad checkpointing' if r.grad_checkpointing else ''}"
-          f", memory {r.memory}, frozen backward {r.frozen_backward}"
-          f" on {r.device} ({r.threads} threads), PyTorch {r.torch_version}"
+          f"{_backward(r)} on {r.device} ({r.threads} threads), PyTorch {r.torch_version}"
           + (f", onnxruntime (exported in {r.export_seconds} s)" if r.runtime == "onnxruntime" else ""))
     print(f"  precision {r.precision}: {r.precision_reason}")
     print(f"  {r.ms_per_step:.1f} ms/step, {r.clips_per_s:.3f} clips/s")
@@ -72,3 +71,12 @@ def run(args) -> int:
     else:
         print("  MFU: n/a (no GPU with a known bf16 peak; pass --peak-tflops)")
     return 0
+
+
+def _backward(r) -> str:
+    """What the training step keeps and computes for backward; nothing for inference, which keeps nothing."""
+    if r.mode != "train":
+        return ""
+    unused = r.frozen_backward != "fp32" and r.precision != "fp32"
+    return f", memory {r.memory}, frozen backward {r.frozen_backward}" + \
+        (f" (not used under {r.precision} autocast)" if unused else "")

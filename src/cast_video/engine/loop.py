@@ -438,7 +438,10 @@ class FineTuning:
         return build_model(cfg)
 
     def precision(self, model: CAST, cfg: TrainConfig, device: torch.device) -> str:
-        return prepare(model, cfg.precision, device)[0]
+        precision = prepare(model, cfg.precision, device)[0]
+        log.info("backward: memory %s, frozen_backward %s (model.overrides; docs/benchmarks.md, \"Training memory\")",
+                 model.config.memory, model.config.frozen_backward)
+        return precision
 
     def datasets(self, cfg: TrainConfig, given: dict, model: CAST, main: bool):
         train_set, val_set = _datasets(cfg, given, _heads(model), main)
