@@ -70,6 +70,10 @@ def gpu_rows() -> list[list[str]]:
     for batch in ("6", "32"):  # the memory options (the default is the plain row above)
         rows += [[B16, "--mode", "train", "--batch", batch, "--precision", "bf16", "--memory", m, *steps]
                  for m in MEMORY_MODES if m != DEFAULT_MEMORY]
+    # fp32 training (TF32 matmuls), plain and with the CPU table's lean setting: the frozen backward in bf16
+    lean = ["--memory", "recompute_bf16", "--frozen-backward", "bf16"]
+    rows += [[B16, "--mode", "train", "--batch", "6", "--precision", "fp32", *extra, *steps]
+             for extra in ([], ["--frozen-backward", "bf16"], lean)]
     return rows
 
 
