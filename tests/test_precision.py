@@ -116,6 +116,14 @@ def test_prepare_says_when_the_bf16_backward_will_not_pay(cpuinfo, caplog, flags
     assert said is None or said in caplog.text
 
 
+
+@pytest.mark.parametrize("supported", [True, False])
+def test_prepare_warns_of_the_bf16_backward_on_a_gpu_without_bf16(caplog, monkeypatch, supported):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: supported)
+    with caplog.at_level("INFO", logger="cast_video.precision"):
+        precision.prepare(CAST.from_preset("cast_tiny", frozen_backward="bf16"), "fp32", "cuda")
+    assert ("GPU without bf16 units" in caplog.text) == (not supported)
+
 # --- frozen weights in bf16 ----------------------------------------------------------------------
 def _model() -> CAST:
     torch.manual_seed(0)

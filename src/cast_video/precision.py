@@ -119,6 +119,8 @@ def prepare(model, requested: str, device: torch.device | str) -> tuple[str, str
         elif torch.device(device).type == "cpu" and cpu_bf16_units() is None:
             logger.warning("frozen_backward bf16 on a CPU without native bf16 units (AMX, AVX512-BF16): "
                            "expect it to be slower than fp32")
+        elif torch.device(device).type == "cuda" and not torch.cuda.is_bf16_supported():
+            logger.warning("frozen_backward bf16 on a GPU without bf16 units: expect it to be slower than fp32")
     return precision, reason
 
 
