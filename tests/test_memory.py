@@ -249,6 +249,19 @@ def test_frozen_backward_bf16_gives_the_reference_outputs_and_gradients_within_b
     assert len(unchanged) < len(relative) / 4
 
 
+def test_a_deeper_experts_unadapted_blocks_route_only_what_needs_a_gradient(monkeypatch):
+    """Spatial expert twice as deep as the temporal one (k = 2): CAST block 0 runs spatial block 0 as
+    the expert alone would, so nothing in it, nor block 1's attention, sees a gradient (0 + 2 routed
+    layers); the six spatial blocks above route all four (24). Temporal: 2 in block 0, then 4 x 3.
+    Hand count: 26 + 14 = 40."""
+    calls = []
+    apply = layers._LinearInputGradInBf16.apply
+    monkeypatch.setattr(layers._LinearInputGradInBf16, "apply", lambda *a: calls.append(1) or apply(*a))
+    model = _model(frozen_backward="bf16", **{"spatial.depth": 8, "temporal.depth": 4})
+    _step(model, torch.randn(*VIDEO_SHAPE))
+    assert len(calls) == 40
+
+
 def test_checkpointed_blocks_rerun_under_the_bf16_backward():
     """With whole-block checkpointing the frozen layers' graph is rebuilt in backward: it is rebuilt under
     the bf16 backward too, so the gradients are those of the uncheckpointed bf16 run, not fp32's."""
